@@ -1,0 +1,171 @@
+"""Command line: ``python -m core {demo,dataset,evaluate,explain,bench} ...`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_workspace(parser):
+    parser.add_argument("--workspace", default=None, help="workspace folder (default: $XAI_WORKSPACE or ./workspace)")
+
+
+def cmd_demo(args) -> int:
+    from core import demo, runs
+
+    workspace = runs.workspace_dir(args.workspace)
+
+    def progress(info):
+        if info.get("final"):
+            print(
+                f"epoch {info['epoch']}/{info['epochs']}: loss {info.get('loss', float('nan')):.4f} "
+                f"accuracy {info.get('accuracy', float('nan')):.4f} val_accuracy {info.get('val_accuracy', float('nan')):.4f}",
+                flush=True,
+            )
+        elif info.get("stage") != "training":
+            print(info.get("message", info.get("stage")), flush=True)
+
+    run = demo.create_demo_run(workspace, progress=progress, epochs=args.epochs)
+    print(f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
+          f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}")
+    print(f"Saved in {run.path}")
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    from core.data import scan_dataset
+
+    summary = scan_dataset(args.dir, seed=args.seed).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['root']} ({summary['layout']} layout): {summary['images']} images, classes {summary['classes']}")
+    for split, counts in summary["counts"].items():
+        print(f"  {split:5s} " + ", ".join(f"{c}: {n}" for c, n in counts.items()))
+    print(f"  sizes: {summary['image_sizes']}; colour modes: {summary['colour_modes']}")
+    for item in summary["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from core import runs
+    from core.training import evaluate
+
+    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
+    metrics = evaluate(run)
+    runs.update_run(run, test_accuracy=metrics["accuracy"], roc_auc_macro=metrics["roc_auc_macro"])
+    print(json.dumps({k: metrics[k] for k in ("accuracy", "roc_auc_macro", "per_class")}, indent=2))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from core import runs
+    from core.compare import explain_side_by_side
+    from core.data import load_image
+    from core.explain import METHODS
+    from core.models import input_size, load_model
+    from core.visualize import colorize, overlay
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}. Expected some of {list(METHODS)}")
+    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
+    model = load_model(run.model_path)
+    image = load_image(args.image, input_size(model))
+    class_names = run.class_names
+    class_index = None
+    if args.class_name is not None:
+        if args.class_name not in class_names:
+            raise ValueError(f"Unknown class {args.class_name!r}. Expected one of {class_names}")
+        class_index = class_names.index(args.class_name)
+    params = {"occlusion": {"patch_size": args.patch_size}} if args.patch_size else {}
+    if args.layer_name:
+        params["gradcam"] = {"layer_name": args.layer_name}
+    probs, results = explain_side_by_side(model, image, methods, class_index, params)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(out / "input.png")
+    target = int(np.argmax(probs)) if class_index is None else class_index
+    report = {
+        "run": run.id,
+        "image": str(args.image),
+        "predicted_class": class_names[int(np.argmax(probs))],
+        "target_class": class_names[target],
+        "probabilities": {c: float(p) for c, p in zip(class_names, probs)},
+        "methods": {},
+    }
+    for result in results:
+        entry = {"seconds": round(result.seconds, 4)}
+        if result.error:
+            entry["error"] = result.error
+        else:
+            np.save(out / f"{result.method}.npy", result.saliency)
+            Image.fromarray(colorize(result.saliency)).save(out / f"{result.method}_heatmap.png")
+            Image.fromarray(overlay(image, result.saliency, args.alpha)).save(out / f"{result.method}_overlay.png")
+            entry.update({"map": f"{result.method}.npy", "overlay": f"{result.method}_overlay.png"})
+        report["methods"][result.method] = entry
+    (out / "explanation.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0 if all(r.error is None for r in results) else 1
+
+
+def cmd_bench(args, rest) -> int:
+    from core import bench
+
+    return bench.main(rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Train, evaluate and explain Keras image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate the synthetic shapes dataset, train the demo model, save the run")
+    _add_workspace(p)
+    p.add_argument("--epochs", type=int, default=8)
+
+    p = sub.add_parser("dataset", help="scan an image folder and print its summary")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("evaluate", help="evaluate a run's model on its test split again")
+    p.add_argument("run", help="run id (folder name under <workspace>/runs) or a run folder")
+    _add_workspace(p)
+
+    p = sub.add_parser("explain", help="explain one image with several methods; write overlays, maps, JSON")
+    p.add_argument("run")
+    p.add_argument("--image", required=True)
+    p.add_argument("--methods", default="gradcam,occlusion,vanilla_gradients")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--class-name", default=None, help="class to explain (default: the predicted class)")
+    p.add_argument("--layer-name", default=None, help="Grad-CAM layer (default: the last 4-D layer)")
+    p.add_argument("--patch-size", type=int, default=None, help="occlusion patch size in pixels")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    _add_workspace(p)
+
+    sub.add_parser("bench", help="latency of each method vs tf-explain and vs a bare tf.function", add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return cmd_bench(None, argv[1:])
+    args = build_parser().parse_args(argv)
+    handlers = {"demo": cmd_demo, "dataset": cmd_dataset, "evaluate": cmd_evaluate, "explain": cmd_explain}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, OSError, RuntimeError) as exc:  # our errors are ValueErrors with a clear message
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Image folders: safe decoding, scanning into split/class file lists, summaries.
+
+Two layouts are understood:
+    DIR/{train,val|valid|validation,test}/<class>/...   splits given on disk
+    DIR/<class>/...                                      split here, seeded and stratified
+Files in nested sub-folders of a class belong to that class. Bad files are skipped and listed with
+the reason; they never stop a scan. This module does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+MAX_IMAGE_PIXELS = 40_000_000  # about 6,300 x 6,300: anything larger is refused as a likely bomb
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """An image cannot be read or is not acceptable; the message says why."""
+
+
+class DatasetError(ValueError):
+    """A folder is not a usable dataset; the message says what was found."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _open_checked(source) -> Image.Image:
+    """Opens an image lazily and refuses what is not an image, empty, or too large to decode."""
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageError("The file is empty (0 bytes).")
+        if len(source) > MAX_UPLOAD_BYTES:
+            raise ImageError(
+                f"The file is {len(source) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB."
+            )
+        source = io.BytesIO(source)
+    elif os.path.getsize(source) == 0:
+        raise ImageError("The file is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"The image is too large to decode safely (decompression bomb?): {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("The file is not an image that Pillow can read.") from exc
+    except OSError as exc:
+        raise ImageError(f"The image cannot be opened: {exc}") from exc
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(
+            f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); the limit is "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels (a decompression bomb is refused)."
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"The image has no pixels ({width}x{height}).")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode (L, LA, P, RGB, RGBA, CMYK, I;16, I, F) -> RGB, EXIF orientation applied."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(source, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decodes a path or bytes into uint8 RGB (H, W, 3), resized to ``size`` = (height, width) if given.
+
+    Raises:
+        ImageError: empty, not an image, truncated or corrupt, or too large (decompression bomb).
+    """
+    image = _open_checked(source)
+    try:
+        image.load()
+        image = to_rgb(image)
+        if size is not None:
+            height, width = size
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
+
+
+def load_images(paths, size: tuple[int, int]) -> np.ndarray:
+    """A float32 batch (N, H, W, 3) of pixel values 0-255."""
+    batch = np.zeros((len(paths), size[0], size[1], 3), dtype=np.float32)
+    for i, path in enumerate(paths):
+        batch[i] = load_image(path, size)
+    return batch
+
+
+def image_header(path) -> tuple[int, int, str]:
+    """(width, height, mode) read from the header only, after the same checks as `load_image`."""
+    image = _open_checked(path)
+    return image.size[0], image.size[1], image.mode
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scanning
+
+
+@dataclass
+class DatasetIndex:
+    """A scanned dataset: the usable files with split and class, and the skipped ones with reasons."""
+
+    root: Path
+    class_names: list[str]
+    records: pd.DataFrame  # columns: path, split, label, class_name, width, height, mode
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    layout: str = "splits"
+
+    def split(self, name: str) -> pd.DataFrame:
+        return self.records[self.records["split"] == name].reset_index(drop=True)
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows) and split (columns)."""
+        table = pd.crosstab(self.records["class_name"], self.records["split"])
+        table = table.reindex(index=self.class_names, columns=list(SPLITS), fill_value=0)
+        table.index.name = "class"
+        return table
+
+    def summary(self) -> dict:
+        """Counts, image sizes and colour modes, skipped files: what `python -m core dataset` prints."""
+        sizes = Counter(zip(self.records["width"], self.records["height"]))
+        modes = Counter(self.records["mode"])
+        counts = self.counts()
+        per_class = counts.sum(axis=1)
+        smallest = int(per_class.min()) if len(per_class) else 0
+        largest = int(per_class.max()) if len(per_class) else 0
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": self.class_names,
+            "images": int(len(self.records)),
+            "counts": {split: {c: int(counts.loc[c, split]) for c in self.class_names} for split in SPLITS},
+            "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common()},
+            "colour_modes": dict(modes.most_common()),
+            "imbalance_ratio": (largest / smallest) if smallest else None,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+def _image_files(folder: Path):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_dataset(root, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> DatasetIndex:
+    """Scans an image folder into a `DatasetIndex`.
+
+    Raises:
+        DatasetError: not a folder, no class folders, fewer than two classes, or no readable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Expected a folder of images. Received: {root} (not a folder)")
+    subdirs = _class_dirs(root)
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
+    rows, skipped = [], []
+
+    def add_files(class_name: str, folder: Path, split: str | None):
+        for path in _image_files(folder):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((str(path), f"not an image file (extension {path.suffix or 'none'})"))
+                continue
+            try:
+                width, height, mode = image_header(path)
+            except ImageError as exc:
+                skipped.append((str(path), str(exc)))
+                continue
+            rows.append((str(path), split, class_name, width, height, mode))
+
+    if "train" in split_dirs:
+        layout = "splits"
+        for split, folder in split_dirs.items():
+            for class_dir in _class_dirs(folder):
+                add_files(class_dir.name, class_dir, split)
+    else:
+        layout = "classes"
+        for class_dir in subdirs:
+            add_files(class_dir.name, class_dir, None)
+
+    found_dirs = {row[2] for row in rows}
+    all_class_dirs = sorted(
+        {d.name for f in (split_dirs.values() if layout == "splits" else [root]) for d in _class_dirs(f)}
+    )
+    if not all_class_dirs:
+        raise DatasetError(
+            f"Expected one sub-folder per class in {root}. Found no sub-folders"
+            f" ({sum(1 for _ in _image_files(root))} files at the top level)."
+        )
+    if not rows:
+        raise DatasetError(f"Found no readable image in {root} ({len(skipped)} files skipped).")
+    empty = [c for c in all_class_dirs if c not in found_dirs]
+    if empty:
+        raise DatasetError(f"These class folders contain no readable image: {', '.join(empty)}.")
+    class_names = sorted(found_dirs)
+    if len(class_names) < 2:
+        raise DatasetError(f"A classifier needs at least two classes. Found one: {class_names[0]!r}.")
+
+    records = pd.DataFrame(rows, columns=["path", "split", "class_name", "width", "height", "mode"])
+    records["label"] = records["class_name"].map({c: i for i, c in enumerate(class_names)}).astype(int)
+    records = _assign_missing_splits(records, val_fraction, test_fraction, seed)
+    return DatasetIndex(root, class_names, records, skipped, layout)
+
+
+def _assign_missing_splits(records: pd.DataFrame, val_fraction, test_fraction, seed) -> pd.DataFrame:
+    """Splits unassigned rows (class layout) or carves missing val/test out of train, per class."""
+    records = records.copy()
+    present = set(records["split"].dropna())
+    records.loc[records["split"].isna(), "split"] = "pool"
+    wanted = [("test", test_fraction), ("val", val_fraction)]
+    wanted = [(s, f) for s, f in wanted if s not in present and f > 0]
+    if not wanted:
+        return records[records["split"] != "pool"].reset_index(drop=True)
+    source = "pool" if "pool" in set(records["split"]) else "train"
+    rng = np.random.default_rng(seed)
+    for _, group in records[records["split"] == source].groupby("class_name"):
+        order = rng.permutation(group.index.to_numpy())
+        start = 0
+        for split, fraction in wanted:
+            n = int(round(len(order) * fraction))
+            if len(order) - start - n < 1:
+                n = max(0, len(order) - start - 1)
+            records.loc[order[start : start + n], "split"] = split
+            start += n
+    records.loc[records["split"] == "pool", "split"] = "train"
+    return records.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built-in demo dataset
+
+DEMO_CLASSES = ("circle", "square", "triangle")
+
+
+def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float):
+    if kind == "square":
+        corners = [angle + np.pi / 4 + k * np.pi / 2 for k in range(4)]
+        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in corners]
+    if kind == "triangle":
+        corners = [angle - np.pi / 2 + k * 2 * np.pi / 3 for k in range(3)]
+        return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in corners]
+    raise ValueError(kind)
+
+
+def _background(rng, size: int, dark: bool) -> np.ndarray:
+    """A random two-colour gradient with noise, dark or light, with muted colours."""
+    base = rng.uniform(25, 95) if dark else rng.uniform(160, 230)
+    c0, c1 = base + rng.uniform(-25, 25, size=(2, 3))
+    direction = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    t = np.cos(direction) * xx + np.sin(direction) * yy
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    image = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    image += rng.normal(0, rng.uniform(2, 10), size=image.shape)
+    return np.clip(image, 0, 255)
+
+
+def _shape_colour(rng, dark_background: bool) -> np.ndarray:
+    """A saturated colour whose brightness contrasts with the background."""
+    colour = rng.uniform(0, 255, size=3)
+    colour[rng.integers(3)] = rng.uniform(200, 255) if dark_background else rng.uniform(0, 60)
+    luminance = colour @ np.array([0.299, 0.587, 0.114])
+    target = rng.uniform(170, 235) if dark_background else rng.uniform(20, 80)
+    return np.clip(colour + (target - luminance), 0, 255)
+
+
+def render_shape(rng, kind: str, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """One demo image (uint8 RGB) and its object mask (bool), drawn at 4x and downsampled."""
+    from PIL import ImageDraw
+
+    scale = 4
+    dark = bool(rng.random() < 0.5)
+    background = _background(rng, size, dark)
+    r = rng.uniform(0.22, 0.38) * size
+    cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
+    mask_img = Image.new("L", (size * scale, size * scale), 0)
+    draw = ImageDraw.Draw(mask_img)
+    if kind == "circle":
+        box = [(cx - r) * scale, (cy - r) * scale, (cx + r) * scale, (cy + r) * scale]
+        draw.ellipse(box, fill=255)
+    else:
+        polygon = _shape_polygon(kind, cx * scale, cy * scale, r * scale, rng.uniform(-0.15, 0.15))
+        draw.polygon(polygon, fill=255)
+    alpha = np.asarray(mask_img.resize((size, size), Image.BOX), dtype=np.float64) / 255.0
+    colour = _shape_colour(rng, dark)
+    image = background * (1 - alpha[..., None]) + colour * alpha[..., None]
+    return image.round().astype(np.uint8), alpha >= 0.5
+
+
+def generate_shapes_dataset(
+    root,
+    per_class: int = 500,
+    image_size: int = 64,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> Path:
+    """Writes the demo dataset: ``root/{train,val,test}/<class>/NNNN.png`` and the ground-truth object
+    masks as ``root/masks/{split}/<class>/NNNN.png`` (255 on the object). Deterministic for a seed."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    n_train = int(round(per_class * fractions[0]))
+    n_val = int(round(per_class * fractions[1]))
+    for kind in DEMO_CLASSES:
+        for i in range(per_class):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            image, mask = render_shape(rng, kind, image_size)
+            name = f"{kind}_{i:04d}.png"
+            for sub, array in ((Path(split) / kind, image), (Path("masks") / split / kind, mask.astype(np.uint8) * 255)):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / sub / name)
+    return root
+
+
+def mask_path_for(image_path, dataset_root) -> Path:
+    """Where the ground-truth mask of a demo image lies (it may not exist for other datasets)."""
+    relative = Path(image_path).resolve().relative_to(Path(dataset_root).resolve())
+    return Path(dataset_root) / "masks" / relative

@@ -1,0 +1,148 @@
+"""The built-in demo: a synthetic shapes dataset and a compact CNN trained on it, fully offline.
+
+``create_demo_run`` is idempotent: it reuses a finished demo dataset and a complete demo run, and a
+lock file keeps two processes (two browser tabs, say) from creating the demo at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core import data as data_lib
+from core import runs
+
+DEMO_NAME = "demo-shapes"
+DEMO_DATASET = "demo_shapes"
+DEMO_PER_CLASS = 500
+DEMO_IMAGE_SIZE = 64
+LOCK_FILE = ".demo.lock"
+LOG_FILE = "demo.log"
+
+
+def demo_dataset_dir(workspace) -> Path:
+    return Path(workspace) / "datasets" / DEMO_DATASET
+
+
+def ensure_demo_dataset(workspace, per_class: int = DEMO_PER_CLASS, seed: int = 0) -> Path:
+    """Generates the demo dataset once; a ``dataset.json`` written last marks it as finished."""
+    root = demo_dataset_dir(workspace)
+    marker = root / "dataset.json"
+    if marker.exists():
+        return root
+    data_lib.generate_shapes_dataset(root, per_class=per_class, image_size=DEMO_IMAGE_SIZE, seed=seed)
+    runs.atomic_write_json(
+        marker,
+        {
+            "name": DEMO_DATASET,
+            "classes": list(data_lib.DEMO_CLASSES),
+            "per_class": per_class,
+            "image_size": DEMO_IMAGE_SIZE,
+            "seed": seed,
+            "masks": "masks/<split>/<class>/<file>: 255 on the object, 0 elsewhere",
+        },
+    )
+    return root
+
+
+def find_demo_run(workspace) -> runs.Run | None:
+    return next((r for r in runs.list_runs(workspace) if r.meta.get("demo") and r.is_complete), None)
+
+
+def demo_in_progress(workspace) -> bool:
+    """True while another live process holds the demo lock."""
+    lock = Path(workspace) / LOCK_FILE
+    try:
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return runs._pid_alive(pid)
+
+
+class _DemoLock:
+    def __init__(self, workspace):
+        self.path = Path(workspace) / LOCK_FILE
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if demo_in_progress(self.path.parent):
+                raise RuntimeError("The demo is already being created by another process.") from None
+            self.path.unlink(missing_ok=True)  # stale lock from a process that died
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def create_demo_run(workspace, progress=None, epochs: int = 8, per_class: int = DEMO_PER_CLASS, seed: int = 0):
+    """Creates (or reuses) the demo dataset and the demo run; returns the complete run."""
+    existing = find_demo_run(workspace)
+    if existing is not None:
+        return existing
+    from core.training import TrainingConfig, train
+
+    with _DemoLock(workspace):
+        if progress:
+            progress({"stage": "dataset", "message": "Generating the synthetic shapes dataset"})
+        dataset = ensure_demo_dataset(workspace, per_class=per_class, seed=seed)
+        config = TrainingConfig(
+            arch="compact_cnn", image_size=DEMO_IMAGE_SIZE, epochs=epochs, batch_size=16, learning_rate=2e-3, seed=seed
+        )
+        return train(workspace, dataset, config, name=DEMO_NAME, progress=progress, extra_meta={"demo": True})
+
+
+def start_demo_process(workspace) -> subprocess.Popen:
+    """Starts ``python -m core demo`` in its own process session (it survives page reloads)."""
+    workspace = Path(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    log = open(workspace / LOG_FILE, "ab")
+    project_root = Path(__file__).resolve().parent.parent
+    return subprocess.Popen(
+        [sys.executable, "-m", "core", "demo", "--workspace", str(workspace)],
+        cwd=project_root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def demo_status(workspace) -> dict:
+    """What the Home page shows while the demo is created: stage, epoch, fraction done, last error."""
+    workspace = Path(workspace)
+    running = [r for r in runs.list_runs(workspace) if r.meta.get("demo")]
+    status = {"in_progress": demo_in_progress(workspace), "fraction": 0.0, "message": "Starting"}
+    if not running:
+        if status["in_progress"]:
+            status["message"] = "Generating the synthetic shapes dataset"
+        return status
+    latest = running[0]
+    status["run_status"] = latest.status
+    status["error"] = latest.meta.get("error")
+    progress = runs.read_progress(latest)
+    epochs = progress.get("epochs") or 1
+    steps = progress.get("steps") or 1
+    done = (progress.get("epoch", 1) - 1 + progress.get("step", 0) / steps) / epochs
+    status["fraction"] = max(0.0, min(1.0, done))
+    status["message"] = (
+        f"Training epoch {progress.get('epoch', 1)}/{epochs}" if progress else "Loading images"
+    )
+    if "val_accuracy" in progress:
+        status["message"] += f" (last validation accuracy {progress['val_accuracy']:.2f})"
+    return status
+
+
+def read_log_tail(workspace, lines: int = 20) -> str:
+    try:
+        text = (Path(workspace) / LOG_FILE).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

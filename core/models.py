@@ -1,0 +1,229 @@
+"""Architecture registry: build, save and load Keras image classifiers that take pixels (0-255).
+
+Every model built or loaded here carries its own preprocessing as its first layer
+(`PixelPreprocessing`), so callers (training, evaluation, explanations, overlays) always work in pixel
+space. Heads end in a `Dense` layer named ``logits`` followed by ``Activation("softmax")`` named
+``predictions``: explanations read the score before softmax from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402  (Keras 3; TensorFlow backend)
+from keras import layers  # noqa: E402
+
+PREPROCESSING_MODES = ("raw", "unit", "symmetric", "caffe", "torch")
+
+_IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model cannot be built, loaded or used as asked; the message says why."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pre-trained weights were asked for but cannot be had (offline, say)."""
+
+
+@keras.saving.register_keras_serializable(package="xai_dashboard")
+class PixelPreprocessing(layers.Layer):
+    """Maps pixel values 0-255 (RGB) to what a network expects.
+
+    Modes: ``raw`` (unchanged), ``unit`` (0-1), ``symmetric`` (-1..1), ``caffe`` (RGB->BGR, ImageNet mean
+    subtracted, as Keras ResNet50/VGG16), ``torch`` (0-1, then ImageNet mean/std per channel).
+    """
+
+    def __init__(self, mode: str = "unit", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ModelError(
+                f"Unknown preprocessing mode. Expected one of {PREPROCESSING_MODES}. Received: mode={mode!r}"
+            )
+        self.mode = mode
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        if self.mode == "raw":
+            return x
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "symmetric":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            x = x[..., ::-1]
+            return x - keras.ops.convert_to_tensor(_IMAGENET_MEAN_RGB[::-1], dtype="float32")
+        mean = keras.ops.convert_to_tensor(_TORCH_MEAN, dtype="float32")
+        std = keras.ops.convert_to_tensor(_TORCH_STD, dtype="float32")
+        return (x / 255.0 - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One entry of the registry."""
+
+    name: str
+    description: str
+    preprocessing: str
+    default_image_size: int
+    build_backbone: Callable[[tuple[int, int, int], str | None], keras.Model]
+
+
+def _compact_backbone(input_shape, weights):
+    if weights is not None:
+        raise ModelError(
+            f"compact_cnn has no pre-trained weights. Expected weights=None. Received: weights={weights!r}"
+        )
+    inputs = keras.Input(shape=input_shape, name="backbone_input")
+    x = inputs
+    for block, filters in enumerate((16, 32, 64), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
+        x = layers.Activation("relu", name=f"block{block}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="top_conv")(x)
+    return keras.Model(inputs, x, name="compact_cnn")
+
+
+def _efficientnetb0_backbone(input_shape, weights):
+    from keras.applications import EfficientNetB0
+
+    # Keras' EfficientNet rescales and normalises pixels 0-255 itself, hence preprocessing 'raw'.
+    return EfficientNetB0(include_top=False, weights=weights, input_shape=input_shape)
+
+
+def _resnet50_backbone(input_shape, weights):
+    from keras.applications import ResNet50
+
+    return ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "compact_cnn": Architecture(
+        "compact_cnn",
+        "Three small convolution blocks and a top convolution; trains in under a minute on a CPU (the demo's model).",
+        "unit",
+        64,
+        _compact_backbone,
+    ),
+    "efficientnetb0": Architecture(
+        "efficientnetb0", "EfficientNetB0 (Keras applications).", "raw", 224, _efficientnetb0_backbone
+    ),
+    "resnet50": Architecture("resnet50", "ResNet50 (Keras applications).", "caffe", 224, _resnet50_backbone),
+}
+
+
+def _as_hw(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        h = w = int(image_size)
+    else:
+        h, w = (int(v) for v in image_size)
+    if h < 8 or w < 8:
+        raise ModelError(f"Image size must be at least 8x8 pixels. Received: image_size={image_size!r}")
+    return h, w
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    image_size=None,
+    weights: str | None = None,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Builds a classifier: pixels -> preprocessing -> backbone -> pooling -> logits -> softmax.
+
+    Args:
+        arch: a key of `ARCHITECTURES`.
+        num_classes: number of output classes (at least 2).
+        image_size: ``int`` or ``(height, width)``; default the architecture's own.
+        weights: ``None`` (random initialisation) or ``"imagenet"``.
+        dropout: dropout rate before the logits.
+
+    Returns:
+        An uncompiled `keras.Model` taking float pixels 0-255 of shape (N, H, W, 3).
+
+    Raises:
+        ModelError: unknown architecture, bad size or class count.
+        WeightsUnavailableError: ImageNet weights asked for but not downloadable or found.
+    """
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"Unknown architecture. Expected one of {sorted(ARCHITECTURES)}. Received: arch={arch!r}")
+    if int(num_classes) < 2:
+        raise ModelError(f"A classifier needs at least 2 classes. Received: num_classes={num_classes}")
+    if weights not in (None, "imagenet"):
+        raise ModelError(f"Expected weights=None or 'imagenet'. Received: weights={weights!r}")
+    spec = ARCHITECTURES[arch]
+    h, w = _as_hw(image_size or spec.default_image_size)
+    input_shape = (h, w, 3)
+    try:
+        backbone = spec.build_backbone(input_shape, weights)
+    except ModelError:
+        raise
+    except Exception as exc:  # keras raises plain Exceptions when the download fails
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"ImageNet weights for {arch} could not be had ({type(exc).__name__}: {exc}). "
+                "If this machine is offline, download the weights file (no-top variant) on a machine "
+                "with internet access and place it in ~/.keras/models/, or train with weights=None."
+            ) from exc
+        raise ModelError(f"Could not build {arch} for input {input_shape}: {exc}") from exc
+
+    inputs = keras.Input(shape=input_shape, name="pixels")
+    x = PixelPreprocessing(spec.preprocessing, name="preprocessing")(inputs)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(int(num_classes), name="logits")(x)
+    outputs = layers.Activation("softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"{arch}_classifier")
+
+
+def load_model(path) -> keras.Model:
+    """Loads a saved model with Keras ``safe_mode`` (no code inside the file is executed)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"No model file at {path}")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        raise ModelError(f"Could not load the model at {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def input_size(model: keras.Model) -> tuple[int, int]:
+    """(height, width) a model takes."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise ModelError(f"Expected a model with a fixed (N, H, W, C) image input. Received input shape {shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (N, C) for pixel images (N, H, W, 3).
+
+    A single sigmoid output is returned as two columns ``[1 - p, p]``.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ModelError(f"Expected a batch of images (N, H, W, 3). Received shape {images.shape}")
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(np.asarray(model(images[start : start + batch_size], training=False)))
+    probs = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0), np.float32)
+    if probs.ndim == 2 and probs.shape[1] == 1:
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    return probs.astype(np.float32)
