@@ -1,0 +1,64 @@
+"""Home: what the app is, the current run at a glance, and the one-click demo. Imports no TensorFlow."""
+
+import streamlit as st
+
+from core import demo, system
+from ui.common import run_picker, setup_page, workspace
+
+setup_page("XAI dashboard for image classifiers", ":material/visibility:")
+st.markdown(
+    "See your **data**, your **training**, your **evaluation**, and **why** the model decides as it does: "
+    "Grad-CAM, occlusion sensitivity and vanilla gradients side by side on any test image or upload."
+)
+
+run = run_picker()
+
+if run is None:
+    st.subheader("No run yet")
+    status = demo.demo_status(workspace())
+    if status["in_progress"]:
+
+        @st.fragment(run_every=1.0)
+        def follow_demo():
+            current = demo.demo_status(workspace())
+            st.progress(current["fraction"], text=current["message"])
+            if not current["in_progress"]:
+                st.rerun()
+
+        follow_demo()
+    else:
+        if status.get("run_status") == "failed":
+            st.error(f"The last demo attempt failed: {status.get('error')}")
+            st.code(demo.read_log_tail(workspace()) or "(no log)", language="text")
+        st.write(
+            "Create the built-in demo: a synthetic dataset of circles, squares and triangles on varied "
+            "backgrounds, and a compact CNN trained on it. It needs no internet and takes about a minute "
+            "on a laptop CPU. It runs once; later starts reuse it."
+        )
+        if st.button("Create the demo run", type="primary", key="create_demo", icon=":material/play_arrow:"):
+            demo.start_demo_process(workspace())
+            st.rerun()
+    st.stop()
+
+st.subheader("Current run")
+meta = run.meta
+cols = st.columns(4)
+cols[0].metric("Model", meta.get("architecture", "?"))
+cols[1].metric("Classes", len(run.class_names))
+accuracy, auc = meta.get("test_accuracy"), meta.get("roc_auc_macro")
+cols[2].metric("Test accuracy", f"{accuracy:.3f}" if accuracy is not None else "n/a")
+cols[3].metric("Macro ROC AUC", f"{auc:.3f}" if auc is not None else "n/a")
+st.markdown(
+    f"**Run** `{run.id}` · **dataset** `{meta.get('dataset')}` · **classes** {', '.join(run.class_names)} · "
+    f"**input** {meta.get('input_size')} px · trained on {meta.get('device', '?')} in "
+    f"{(meta.get('durations') or {}).get('total_seconds', '?')} s"
+)
+
+st.subheader("Pages")
+links = st.columns(4)
+links[0].page_link("pages/1_Dataset.py", label="Dataset", icon=":material/photo_library:")
+links[1].page_link("pages/2_Training.py", label="Training", icon=":material/show_chart:")
+links[2].page_link("pages/3_Evaluation.py", label="Evaluation", icon=":material/grid_on:")
+links[3].page_link("pages/4_Explainer.py", label="Explainer", icon=":material/visibility:")
+
+st.caption(f"TensorFlow {system.tensorflow_version() or 'not installed'} · device: {system.device_in_use()}")

@@ -1,0 +1,46 @@
+"""Dataset: class distribution per split, samples per class, image sizes and colour modes."""
+
+import pandas as pd
+import streamlit as st
+
+from core.data import DatasetError, load_image
+from ui import charts
+from ui.common import dataset_index, require_run, setup_page
+
+setup_page("Dataset", ":material/photo_library:")
+run = require_run()
+try:
+    index = dataset_index(run.meta["dataset"], run.meta.get("seed", 0))
+except DatasetError as exc:
+    st.error(f"The dataset of this run cannot be read: {exc}")
+    st.stop()
+summary = index.summary()
+
+st.caption(f"`{summary['root']}` · {summary['images']} images · {len(index.class_names)} classes · {summary['layout']} layout")
+if summary["imbalance_ratio"] and summary["imbalance_ratio"] > 1.5:
+    st.warning(
+        f"Class imbalance: the largest class has {summary['imbalance_ratio']:.1f}x the images of the smallest. "
+        "Accuracy alone can mislead; read per-class recall on the Evaluation page."
+    )
+
+st.subheader("Class distribution")
+counts = index.counts()
+st.plotly_chart(charts.class_distribution(counts), key="class_distribution")
+st.dataframe(counts.assign(total=counts.sum(axis=1)), key="counts_table")
+
+st.subheader("Image sizes and colour modes")
+left, right = st.columns(2)
+left.dataframe(pd.DataFrame(list(summary["image_sizes"].items()), columns=["size (WxH)", "images"]), hide_index=True)
+right.dataframe(pd.DataFrame(list(summary["colour_modes"].items()), columns=["colour mode", "images"]), hide_index=True)
+if summary["skipped"]:
+    with st.expander(f"{len(summary['skipped'])} files skipped"):
+        st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
+
+st.subheader("Samples per class")
+per_class = st.slider("Samples per class", 2, 12, 6, key="samples_per_class")
+for class_name in index.class_names:
+    rows = index.records[index.records["class_name"] == class_name].head(per_class)
+    st.markdown(f"**{class_name}**")
+    columns = st.columns(per_class)
+    for column, path in zip(columns, rows["path"]):
+        column.image(load_image(path), width="stretch")

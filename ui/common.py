@@ -1,0 +1,142 @@
+"""The only Streamlit glue: page setup, the shared run picker, cached loaders.
+
+Cache keys always include the run id and the model file's modification time, so a retrained or
+re-imported run never serves stale results. TensorFlow is imported only inside the loaders that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core import runs
+
+SELECTED_RUN = "selected_run_id"
+PICKER_KEY = "run_picker"
+
+
+def setup_page(title: str, icon: str = ":material/insights:") -> None:
+    st.set_page_config(page_title=f"{title} · XAI dashboard", page_icon=icon, layout="wide")
+    st.title(title)
+
+
+def workspace() -> Path:
+    return runs.workspace_dir()
+
+
+def _remember_choice() -> None:
+    st.session_state[SELECTED_RUN] = st.session_state[PICKER_KEY]
+
+
+def run_picker(only_complete: bool = True) -> runs.Run | None:
+    """The sidebar run picker shared by every page; default: the newest complete run."""
+    available = [r for r in runs.list_runs(workspace()) if r.is_complete or not only_complete]
+    if not available:
+        return None
+    by_id = {r.id: r for r in available}
+    chosen = st.session_state.get(SELECTED_RUN)
+    if chosen not in by_id:
+        chosen = next((r.id for r in available if r.is_complete), available[0].id)
+        st.session_state[SELECTED_RUN] = chosen
+    st.session_state[PICKER_KEY] = chosen
+    st.sidebar.selectbox(
+        "Run",
+        options=list(by_id),
+        format_func=lambda run_id: by_id[run_id].label,
+        key=PICKER_KEY,
+        on_change=_remember_choice,
+        help="Every page shows this run. Runs live in the workspace's runs/ folder.",
+    )
+    st.sidebar.caption(f"Workspace: `{workspace()}`")
+    return by_id[st.session_state[PICKER_KEY]]
+
+
+def require_run() -> runs.Run:
+    """The picked run, or a message pointing to Home and ``st.stop()``."""
+    run = run_picker()
+    if run is None:
+        st.info("There is no complete run yet. Open **Home** to create the demo run in one click.")
+        st.page_link("Home.py", label="Go to Home", icon=":material/home:")
+        st.stop()
+    return run
+
+
+def _model_stamp(run: runs.Run) -> float:
+    try:
+        return run.model_path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached loaders (keyed by run id and model modification time)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _history(run_path: str, stamp: float):
+    return runs.load_history(runs.read_run(run_path))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _predictions(run_path: str, stamp: float):
+    return runs.load_predictions(runs.read_run(run_path))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _metrics(run_path: str, stamp: float):
+    return runs.load_metrics(runs.read_run(run_path))
+
+
+def history(run: runs.Run):
+    return _history(str(run.path), _model_stamp(run))
+
+
+def predictions(run: runs.Run):
+    return _predictions(str(run.path), _model_stamp(run))
+
+
+def metrics(run: runs.Run):
+    return _metrics(str(run.path), _model_stamp(run))
+
+
+@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
+def dataset_index(dataset_path: str, seed: int):
+    from core.data import scan_dataset
+
+    return scan_dataset(dataset_path, seed=seed)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _model(run_path: str, stamp: float):
+    from core.models import load_model
+
+    return load_model(Path(run_path) / runs.MODEL_FILE)
+
+
+def model(run: runs.Run):
+    """The run's Keras model, loaded once per process (never stored in session state)."""
+    return _model(str(run.path), _model_stamp(run))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def conv_layers(run_path: str, stamp: float) -> list[str]:
+    from core.explain import conv_layer_names
+
+    return conv_layer_names(_model(run_path, stamp))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _explanations(run_path: str, stamp: float, image: np.ndarray, methods: tuple, class_index, params_json: str):
+    from core.compare import explain_side_by_side
+
+    return explain_side_by_side(_model(run_path, stamp), image, list(methods), class_index, json.loads(params_json))
+
+
+def explanations(run: runs.Run, image: np.ndarray, methods, class_index, params: dict):
+    """Prediction and maps for one image; cached by (run, model, image content, methods, class, params)."""
+    return _explanations(
+        str(run.path), _model_stamp(run), image, tuple(methods), class_index, json.dumps(params, sort_keys=True)
+    )
