@@ -38,6 +38,7 @@ if run is None:
         if st.button("Create the demo run", type="primary", key="create_demo", icon=":material/play_arrow:"):
             demo.start_demo_process(workspace())
             st.rerun()
+        st.caption("Or bring your own: train on an image folder (**Training**) or import a model (**Import a model**).")
     st.stop()
 
 st.subheader("Current run")
@@ -55,10 +56,11 @@ st.markdown(
 )
 
 st.subheader("Pages")
-links = st.columns(4)
+links = st.columns(5)
 links[0].page_link("pages/1_Dataset.py", label="Dataset", icon=":material/photo_library:")
 links[1].page_link("pages/2_Training.py", label="Training", icon=":material/show_chart:")
 links[2].page_link("pages/3_Evaluation.py", label="Evaluation", icon=":material/grid_on:")
 links[3].page_link("pages/4_Explainer.py", label="Explainer", icon=":material/visibility:")
+links[4].page_link("pages/5_Import_model.py", label="Import a model", icon=":material/upload_file:")
 
 st.caption(f"TensorFlow {system.tensorflow_version() or 'not installed'} · device: {system.device_in_use()}")

@@ -1,4 +1,5 @@
-"""Command line: ``python -m core {demo,dataset,evaluate,explain,bench} ...`` (``--help`` on each)."""
+"""Command line: ``python -m core {demo,dataset,train,import-model,evaluate,explain,bench} ...``
+(``--help`` on each). The same functions back the dashboard."""
 
 from __future__ import annotations
 
@@ -17,17 +18,7 @@ def cmd_demo(args) -> int:
 
     workspace = runs.workspace_dir(args.workspace)
 
-    def progress(info):
-        if info.get("final"):
-            print(
-                f"epoch {info['epoch']}/{info['epochs']}: loss {info.get('loss', float('nan')):.4f} "
-                f"accuracy {info.get('accuracy', float('nan')):.4f} val_accuracy {info.get('val_accuracy', float('nan')):.4f}",
-                flush=True,
-            )
-        elif info.get("stage") != "training":
-            print(info.get("message", info.get("stage")), flush=True)
-
-    run = demo.create_demo_run(workspace, progress=progress, epochs=args.epochs)
+    run = demo.create_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
     print(f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
           f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}")
     print(f"Saved in {run.path}")
@@ -50,6 +41,59 @@ def cmd_dataset(args) -> int:
     return 0
 
 
+def _print_epoch(info):
+    if info.get("final"):
+        print(
+            f"epoch {info['epoch']}/{info['epochs']}: loss {info.get('loss', float('nan')):.4f} "
+            f"accuracy {info.get('accuracy', float('nan')):.4f} val_loss {info.get('val_loss', float('nan')):.4f} "
+            f"val_accuracy {info.get('val_accuracy', float('nan')):.4f} lr {info.get('learning_rate', float('nan')):.2e}",
+            flush=True,
+        )
+    elif info.get("stage") != "training":
+        print(info.get("message", info.get("stage")), flush=True)
+
+
+def cmd_train(args) -> int:
+    from core import runs
+    from core.training import TrainingConfig, train
+
+    config = TrainingConfig(
+        arch=args.arch,
+        image_size=args.img_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        weights=None if args.weights == "none" else args.weights,
+        augment=args.augment,
+        class_weights=args.class_weights,
+        fine_tune_epochs=args.fine_tune_epochs,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        group_split=args.group_split,
+    )
+    run = train(runs.workspace_dir(args.workspace), args.data, config, name=args.name, progress=_print_epoch)
+    if run.status != runs.COMPLETE:
+        print(f"Run {run.id} {run.status}: {run.meta.get('error')}")
+        return 1
+    print(f"Run {run.id}: test accuracy {run.meta['test_accuracy']:.4f}, macro ROC AUC {run.meta['roc_auc_macro']}")
+    print(f"Saved in {run.path}")
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    from core import runs
+    from core.training import import_run
+
+    class_names = args.class_names.split(",") if args.class_names else None
+    run = import_run(
+        runs.workspace_dir(args.workspace), args.model, args.data, args.preprocess, class_names, name=args.name
+    )
+    print(f"Run {run.id}: test accuracy {run.meta['test_accuracy']:.4f}, macro ROC AUC {run.meta['roc_auc_macro']}")
+    print(f"Saved in {run.path}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from core import runs
     from core.training import evaluate
@@ -69,7 +113,8 @@ def cmd_explain(args) -> int:
     from core.compare import explain_side_by_side
     from core.data import load_image
     from core.explain import METHODS
-    from core.models import input_size, load_model
+    from core.model_import import load_run_model
+    from core.models import input_size
     from core.visualize import colorize, overlay
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -77,7 +122,7 @@ def cmd_explain(args) -> int:
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}. Expected some of {list(METHODS)}")
     run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
-    model = load_model(run.model_path)
+    model = load_run_model(run.path)
     image = load_image(args.image, input_size(model))
     class_names = run.class_names
     class_index = None
@@ -135,6 +180,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    from core.models import ARCHITECTURES, PREPROCESSING_MODES
+
+    p = sub.add_parser("train", help="train a model on an image folder (transfer learning or from scratch)")
+    p.add_argument("--data", required=True, help="image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
+    p.add_argument("--arch", default="efficientnetb0", choices=sorted(ARCHITECTURES))
+    p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"],
+                   help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch")
+    p.add_argument("--img-size", type=int, default=224, help="input size in pixels (square)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the first phase")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the first phase")
+    p.add_argument("--augment", action="store_true", help="random flips, crops and zoom while training")
+    p.add_argument("--class-weights", choices=["auto", "none"], default=None,
+                   help="auto: always weight classes by inverse frequency (default: only when imbalanced)")
+    p.add_argument("--fine-tune-epochs", type=int, default=0,
+                   help="epochs of a second phase: top of the backbone unfrozen, learning rate / 10")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--group-split", action="store_true",
+                   help="keep each sub-folder of a class (one patient, say) in a single split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="a name for the run")
+    _add_workspace(p)
+
+    p = sub.add_parser("import-model", help="create a run from a model you trained (.keras, .h5, SavedModel)")
+    p.add_argument("model", help=".keras or .h5 file, or a SavedModel folder")
+    p.add_argument("--data", required=True, help="image folder with a test split (or split here)")
+    p.add_argument("--preprocess", required=True, choices=PREPROCESSING_MODES,
+                   help="what the model expects: raw 0-255, unit 0-1, symmetric -1..1, caffe, torch")
+    p.add_argument("--class-names", default=None, help="comma-separated, in the model's output order")
+    p.add_argument("--name", default=None)
+    _add_workspace(p)
+
     p = sub.add_parser("evaluate", help="evaluate a run's model on its test split again")
     p.add_argument("run", help="run id (folder name under <workspace>/runs) or a run folder")
     _add_workspace(p)
@@ -159,7 +237,10 @@ def main(argv=None) -> int:
     if argv and argv[0] == "bench":
         return cmd_bench(None, argv[1:])
     args = build_parser().parse_args(argv)
-    handlers = {"demo": cmd_demo, "dataset": cmd_dataset, "evaluate": cmd_evaluate, "explain": cmd_explain}
+    handlers = {
+        "demo": cmd_demo, "dataset": cmd_dataset, "train": cmd_train, "import-model": cmd_import_model,
+        "evaluate": cmd_evaluate, "explain": cmd_explain,
+    }
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:  # our errors are ValueErrors with a clear message

@@ -179,8 +179,17 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_dataset(root, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> DatasetIndex:
+def scan_dataset(
+    root, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, group_split: bool = False
+) -> DatasetIndex:
     """Scans an image folder into a `DatasetIndex`.
+
+    Args:
+        root: the dataset folder (either layout, see the module docstring).
+        val_fraction, test_fraction: shares of each class split off when the layout does not give them.
+        seed: the split's seed; the same seed gives the same split.
+        group_split: keep all images of one sub-folder of a class (one patient, say) in the same split;
+            groups are assigned whole, so class shares are then approximate.
 
     Raises:
         DatasetError: not a folder, no class folders, fewer than two classes, or no readable image.
@@ -202,7 +211,9 @@ def scan_dataset(root, val_fraction: float = 0.15, test_fraction: float = 0.15, 
             except ImageError as exc:
                 skipped.append((str(path), str(exc)))
                 continue
-            rows.append((str(path), split, class_name, width, height, mode))
+            relative = path.relative_to(folder).parts
+            group = relative[0] if len(relative) > 1 else str(path)  # one sub-folder = one patient
+            rows.append((str(path), split, class_name, width, height, mode, group))
 
     if "train" in split_dirs:
         layout = "splits"
@@ -223,6 +234,11 @@ def scan_dataset(root, val_fraction: float = 0.15, test_fraction: float = 0.15, 
             f"Expected one sub-folder per class in {root}. Found no sub-folders"
             f" ({sum(1 for _ in _image_files(root))} files at the top level)."
         )
+    for fraction, name in ((val_fraction, "val_fraction"), (test_fraction, "test_fraction")):
+        if not 0 <= fraction < 1:
+            raise DatasetError(f"{name} must be in [0, 1). Received: {name}={fraction}")
+    if val_fraction + test_fraction >= 1:
+        raise DatasetError(f"val_fraction + test_fraction must be below 1. Received: {val_fraction + test_fraction}")
     if not rows:
         raise DatasetError(f"Found no readable image in {root} ({len(skipped)} files skipped).")
     empty = [c for c in all_class_dirs if c not in found_dirs]
@@ -232,32 +248,47 @@ def scan_dataset(root, val_fraction: float = 0.15, test_fraction: float = 0.15, 
     if len(class_names) < 2:
         raise DatasetError(f"A classifier needs at least two classes. Found one: {class_names[0]!r}.")
 
-    records = pd.DataFrame(rows, columns=["path", "split", "class_name", "width", "height", "mode"])
+    records = pd.DataFrame(rows, columns=["path", "split", "class_name", "width", "height", "mode", "group"])
     records["label"] = records["class_name"].map({c: i for i, c in enumerate(class_names)}).astype(int)
-    records = _assign_missing_splits(records, val_fraction, test_fraction, seed)
+    records = _assign_missing_splits(records, val_fraction, test_fraction, seed, group_split)
     return DatasetIndex(root, class_names, records, skipped, layout)
 
 
-def _assign_missing_splits(records: pd.DataFrame, val_fraction, test_fraction, seed) -> pd.DataFrame:
-    """Splits unassigned rows (class layout) or carves missing val/test out of train, per class."""
+def _assign_missing_splits(records: pd.DataFrame, val_fraction, test_fraction, seed, group_split=False) -> pd.DataFrame:
+    """Splits unassigned rows (class layout) or carves missing val/test out of train.
+
+    Stratified per class; with ``group_split`` whole groups (sub-folders) are assigned instead.
+    """
     records = records.copy()
     present = set(records["split"].dropna())
     records.loc[records["split"].isna(), "split"] = "pool"
-    wanted = [("test", test_fraction), ("val", val_fraction)]
-    wanted = [(s, f) for s, f in wanted if s not in present and f > 0]
+    wanted = [(s, f) for s, f in (("test", test_fraction), ("val", val_fraction)) if s not in present and f > 0]
     if not wanted:
         return records[records["split"] != "pool"].reset_index(drop=True)
     source = "pool" if "pool" in set(records["split"]) else "train"
     rng = np.random.default_rng(seed)
-    for _, group in records[records["split"] == source].groupby("class_name"):
-        order = rng.permutation(group.index.to_numpy())
-        start = 0
+    candidates = records[records["split"] == source]
+    if group_split:
+        sizes = candidates.groupby("group").size()
+        groups = sizes.index.to_numpy()[rng.permutation(len(sizes))]
+        total, start = len(candidates), 0
         for split, fraction in wanted:
-            n = int(round(len(order) * fraction))
-            if len(order) - start - n < 1:
-                n = max(0, len(order) - start - 1)
-            records.loc[order[start : start + n], "split"] = split
-            start += n
+            taken, chosen = 0, []
+            while start < len(groups) - 1 and taken < fraction * total:
+                chosen.append(groups[start])
+                taken += int(sizes[groups[start]])
+                start += 1
+            records.loc[candidates.index[candidates["group"].isin(chosen)], "split"] = split
+    else:
+        for _, group in candidates.groupby("class_name"):
+            order = rng.permutation(group.index.to_numpy())
+            start = 0
+            for split, fraction in wanted:
+                n = int(round(len(order) * fraction))
+                if len(order) - start - n < 1:
+                    n = max(0, len(order) - start - 1)
+                records.loc[order[start : start + n], "split"] = split
+                start += n
     records.loc[records["split"] == "pool", "split"] = "train"
     return records.reset_index(drop=True)
 

@@ -7,8 +7,6 @@ lock file keeps two processes (two browser tabs, say) from creating the demo at 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from core import data as data_lib
@@ -99,20 +97,11 @@ def create_demo_run(workspace, progress=None, epochs: int = 8, per_class: int = 
         return train(workspace, dataset, config, name=DEMO_NAME, progress=progress, extra_meta={"demo": True})
 
 
-def start_demo_process(workspace) -> subprocess.Popen:
+def start_demo_process(workspace):
     """Starts ``python -m core demo`` in its own process session (it survives page reloads)."""
-    workspace = Path(workspace)
-    workspace.mkdir(parents=True, exist_ok=True)
-    log = open(workspace / LOG_FILE, "ab")
-    project_root = Path(__file__).resolve().parent.parent
-    return subprocess.Popen(
-        [sys.executable, "-m", "core", "demo", "--workspace", str(workspace)],
-        cwd=project_root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    from core import jobs
+
+    return jobs.start(["demo"], workspace, LOG_FILE)
 
 
 def demo_status(workspace) -> dict:
@@ -127,22 +116,15 @@ def demo_status(workspace) -> dict:
     latest = running[0]
     status["run_status"] = latest.status
     status["error"] = latest.meta.get("error")
-    progress = runs.read_progress(latest)
-    epochs = progress.get("epochs") or 1
-    steps = progress.get("steps") or 1
-    done = (progress.get("epoch", 1) - 1 + progress.get("step", 0) / steps) / epochs
-    status["fraction"] = max(0.0, min(1.0, done))
-    status["message"] = (
-        f"Training epoch {progress.get('epoch', 1)}/{epochs}" if progress else "Loading images"
-    )
-    if "val_accuracy" in progress:
-        status["message"] += f" (last validation accuracy {progress['val_accuracy']:.2f})"
+    from core.jobs import progress_summary
+
+    status.update({k: v for k, v in progress_summary(latest).items() if k in ("fraction", "message")})
     return status
 
 
 def read_log_tail(workspace, lines: int = 20) -> str:
     try:
-        text = (Path(workspace) / LOG_FILE).read_text(errors="replace")
+        text = (Path(workspace) / "logs" / LOG_FILE).read_text(errors="replace")
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])

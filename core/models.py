@@ -99,17 +99,15 @@ def _compact_backbone(input_shape, weights):
     return keras.Model(inputs, x, name="compact_cnn")
 
 
-def _efficientnetb0_backbone(input_shape, weights):
-    from keras.applications import EfficientNetB0
+def _application(name: str):
+    """A backbone builder for one Keras application (its module is imported on first use)."""
 
-    # Keras' EfficientNet rescales and normalises pixels 0-255 itself, hence preprocessing 'raw'.
-    return EfficientNetB0(include_top=False, weights=weights, input_shape=input_shape)
+    def build(input_shape, weights):
+        from keras import applications
 
+        return getattr(applications, name)(include_top=False, weights=weights, input_shape=input_shape)
 
-def _resnet50_backbone(input_shape, weights):
-    from keras.applications import ResNet50
-
-    return ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+    return build
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -120,11 +118,19 @@ ARCHITECTURES: dict[str, Architecture] = {
         64,
         _compact_backbone,
     ),
-    "efficientnetb0": Architecture(
-        "efficientnetb0", "EfficientNetB0 (Keras applications).", "raw", 224, _efficientnetb0_backbone
-    ),
-    "resnet50": Architecture("resnet50", "ResNet50 (Keras applications).", "caffe", 224, _resnet50_backbone),
 }
+# Keras' EfficientNets rescale and normalise pixels 0-255 themselves (preprocessing 'raw');
+# ResNet50 and VGG16 expect 'caffe' inputs, MobileNetV2 expects -1..1.
+for _name, _keras_name, _prep, _size in (
+    ("efficientnetb0", "EfficientNetB0", "raw", 224),
+    ("efficientnetb1", "EfficientNetB1", "raw", 240),
+    ("efficientnetb2", "EfficientNetB2", "raw", 260),
+    ("efficientnetb3", "EfficientNetB3", "raw", 300),
+    ("resnet50", "ResNet50", "caffe", 224),
+    ("vgg16", "VGG16", "caffe", 224),
+    ("mobilenetv2", "MobileNetV2", "symmetric", 224),
+):
+    ARCHITECTURES[_name] = Architecture(_name, f"{_keras_name} (Keras applications).", _prep, _size, _application(_keras_name))
 
 
 def _as_hw(image_size) -> tuple[int, int]:
@@ -227,3 +233,32 @@ def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 64) 
     if probs.ndim == 2 and probs.shape[1] == 1:
         probs = np.concatenate([1.0 - probs, probs], axis=1)
     return probs.astype(np.float32)
+
+
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The nested backbone model of a classifier built here (the first sub-model), or None."""
+    return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
+
+
+def set_trainable_top(model: keras.Model, fraction: float) -> int:
+    """Freezes the backbone except its top ``fraction`` of layers (BatchNormalization stays frozen, as
+    is usual when fine-tuning). ``fraction=0`` freezes the whole backbone; ``fraction>=1`` makes every
+    layer trainable, BatchNormalization included (training from scratch). Returns the number of
+    trainable backbone layers that hold weights."""
+    backbone = backbone_of(model)
+    if backbone is None:
+        return 0
+    if fraction <= 0:
+        backbone.trainable = False
+        return 0
+    backbone.trainable = True
+    if fraction >= 1:
+        for layer in backbone.layers:
+            layer.trainable = True
+        return sum(1 for layer in backbone.layers if layer.weights)
+    cut = int(len(backbone.layers) * (1.0 - min(fraction, 1.0)))
+    trainable = 0
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
+        trainable += int(layer.trainable and bool(layer.weights))
+    return trainable

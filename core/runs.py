@@ -8,6 +8,7 @@ Layout of a run folder:
     predictions.csv   one row per test image: path, true/predicted class, every class probability
     metrics.json      accuracy, roc_auc_macro, per-class precision/recall/F1/support/ROC AUC
     progress.json     live progress while the run is training
+    cancel            present when the user asked the training to stop
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a page
 never reads half a file. This module does not import TensorFlow.
@@ -35,6 +36,7 @@ HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 PROGRESS_FILE = "progress.json"
+CANCEL_FILE = "cancel"  # its presence asks a training process to stop
 
 
 class RunError(ValueError):
@@ -263,3 +265,41 @@ def read_progress(run: Run) -> dict:
         return json.loads(run.file(PROGRESS_FILE).read_text("utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def comparison_table(selected: list[Run]) -> pd.DataFrame:
+    """One row per run: architecture, epochs, test accuracy, macro ROC AUC, macro F1, per-class F1, time."""
+    rows = []
+    for run in selected:
+        row = {
+            "run": run.id,
+            "architecture": run.meta.get("architecture"),
+            "source": run.meta.get("source", "trained"),
+            "epochs": run.meta.get("epochs_trained"),
+            "test accuracy": run.meta.get("test_accuracy"),
+            "macro ROC AUC": run.meta.get("roc_auc_macro"),
+            "seconds": (run.meta.get("durations") or {}).get("total_seconds"),
+        }
+        try:
+            metrics = load_metrics(run)
+            row["macro F1"] = metrics["macro_avg"]["f1"]
+            row.update({f"F1 {name}": values["f1"] for name, values in metrics["per_class"].items()})
+        except (RunError, KeyError, ValueError):
+            pass
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+def combined_history(selected: list[Run]) -> pd.DataFrame:
+    """The history of several runs stacked, with a ``run`` column (runs without history are left out)."""
+    frames = []
+    for run in selected:
+        try:
+            frames.append(load_history(run).assign(run=run.id))
+        except (RunError, ValueError):
+            continue
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "epoch"])

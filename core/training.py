@@ -19,11 +19,12 @@ import pandas as pd
 
 from core import data as data_lib
 from core import evaluation, runs, system
-from core.models import build_model, input_size, load_model, predict_proba
+from core.models import build_model, input_size, predict_proba
 
 import keras  # noqa: E402
 
-CANCEL_FILE = "cancel"
+CANCEL_FILE = runs.CANCEL_FILE
+IMBALANCE_THRESHOLD = 1.5  # largest/smallest class above this: class weights are used automatically
 ProgressFn = Callable[[dict], None]
 
 
@@ -40,6 +41,13 @@ class TrainingConfig:
     weights: str | None = None
     augment: bool = False
     early_stopping_patience: int = 4
+    class_weights: str | None = None  # "auto": always; None: only above IMBALANCE_THRESHOLD
+    fine_tune_epochs: int = 0
+    fine_tune_fraction: float = 0.2  # share of the backbone's top layers unfrozen for fine-tuning
+    fine_tune_lr_factor: float = 0.1
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    group_split: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -48,6 +56,14 @@ class TrainingConfig:
             (
                 0 < self.learning_rate < 1,
                 f"learning_rate must be between 0 and 1. Received: learning_rate={self.learning_rate}",
+            ),
+            (
+                self.fine_tune_epochs >= 0,
+                f"fine_tune_epochs must be 0 or more. Received: fine_tune_epochs={self.fine_tune_epochs}",
+            ),
+            (
+                self.class_weights in (None, "auto", "none"),
+                f"class_weights must be 'auto' or None. Received: class_weights={self.class_weights!r}",
             ),
             (
                 16 <= self.image_size <= 1024,
@@ -94,8 +110,19 @@ class ImageBatches(keras.utils.PyDataset):
         return images, self.labels[chosen]
 
     def _augment(self, images):
-        flip = self.rng.random(len(images)) < 0.5
-        images[flip] = images[flip, :, ::-1]
+        """Random horizontal flip, then a random crop of 80-100% of each side resized back (zoom)."""
+        from PIL import Image
+
+        height, width = self.size
+        for i in range(len(images)):
+            if self.rng.random() < 0.5:
+                images[i] = images[i, :, ::-1]
+            scale = self.rng.uniform(0.8, 1.0)
+            crop_h, crop_w = max(1, int(height * scale)), max(1, int(width * scale))
+            top = self.rng.integers(0, height - crop_h + 1)
+            left = self.rng.integers(0, width - crop_w + 1)
+            crop = images[i, top : top + crop_h, left : left + crop_w].astype(np.uint8)
+            images[i] = np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR), dtype=np.float32)
         return images
 
     def on_epoch_end(self):
@@ -142,6 +169,17 @@ class RunRecorder(keras.callbacks.Callback):
         self._emit(step=self.steps, final=True, **{k: v for k, v in row.items() if k != "epoch"})
 
 
+def class_weights_for(labels, num_classes: int, mode: str | None) -> dict[int, float] | None:
+    """Balanced class weights (n / (k * n_c)) when asked (``"auto"``) or when the largest class has more
+    than IMBALANCE_THRESHOLD times the images of the smallest; otherwise None."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes).astype(float)
+    if mode == "none" or counts.min() == 0:
+        return None
+    if mode != "auto" and counts.max() / counts.min() <= IMBALANCE_THRESHOLD:
+        return None
+    return {i: float(counts.sum() / (num_classes * c)) for i, c in enumerate(counts)}
+
+
 def _device() -> str:
     import tensorflow as tf
 
@@ -164,16 +202,24 @@ def train(
     """
     config = config or TrainingConfig()
     config.validate()
-    index = data_lib.scan_dataset(data_dir, seed=config.seed)
+    index = data_lib.scan_dataset(
+        data_dir, config.val_fraction, config.test_fraction, seed=config.seed, group_split=config.group_split
+    )
     size = (config.image_size, config.image_size)
+    from core.models import ARCHITECTURES, set_trainable_top
+
+    train_split, val_split = index.split("train"), index.split("val")
+    weights = class_weights_for(train_split["label"], len(index.class_names), config.class_weights)
     meta = {
         "name": name or config.arch,
+        "source": "trained",
         "dataset": str(Path(data_dir).resolve()),
         "class_names": index.class_names,
         "architecture": config.arch,
         "input_size": list(size),
-        "preprocessing": None,
+        "preprocessing": ARCHITECTURES[config.arch].preprocessing if config.arch in ARCHITECTURES else None,
         "hyperparameters": asdict(config),
+        "class_weights": {index.class_names[i]: round(w, 4) for i, w in weights.items()} if weights else None,
         "seed": config.seed,
         "library_versions": system.library_versions(),
         "device": _device(),
@@ -186,37 +232,49 @@ def train(
     try:
         keras.utils.set_random_seed(config.seed)
         model = build_model(config.arch, len(index.class_names), size, weights=config.weights)
-        from core.models import ARCHITECTURES
-
-        run = runs.update_run(run, preprocessing=ARCHITECTURES[config.arch].preprocessing)
-        train_split, val_split = index.split("train"), index.split("val")
         if progress:
             progress({"stage": "loading", "message": f"Loading {len(train_split) + len(val_split)} images"})
         train_data = ImageBatches(
             train_split["path"], train_split["label"], size, config.batch_size, True, config.augment, config.seed
         )
         val_data = ImageBatches(val_split["path"], val_split["label"], size, config.batch_size)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        recorder = RunRecorder(run, config.epochs, len(train_data), progress)
+        total_epochs = config.epochs + config.fine_tune_epochs
+        recorder = RunRecorder(run, total_epochs, len(train_data), progress)
+        best_path = run.path / ".best.weights.h5"
         callbacks = [recorder]
         if len(val_split):
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
-                )
+            callbacks += [
+                keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True, save_weights_only=True),
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
+                keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6),
+            ]
+        # Phase 1: with pre-trained weights the backbone stays frozen; from scratch everything trains.
+        phases = [(config.epochs, config.learning_rate, 0.0 if config.weights else 1.0)]
+        if config.fine_tune_epochs:
+            fraction = config.fine_tune_fraction if config.weights else 1.0
+            phases.append((config.fine_tune_epochs, config.learning_rate * config.fine_tune_lr_factor, fraction))
+        done = 0
+        for epochs, learning_rate, trainable_fraction in phases:
+            set_trainable_top(model, trainable_fraction)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
             )
-        model.fit(
-            train_data, validation_data=val_data if len(val_split) else None, epochs=config.epochs,
-            callbacks=callbacks, verbose=0,
-        )
+            model.fit(
+                train_data, validation_data=val_data if len(val_split) else None, initial_epoch=done,
+                epochs=done + epochs, callbacks=callbacks, class_weight=weights, verbose=0,
+            )
+            done = len(recorder.rows)
+            if recorder.cancelled or model.stop_training:
+                break
         if recorder.cancelled:
             return runs.mark_failed(run, "Cancelled by the user.", status=runs.CANCELLED)
+        if best_path.exists():
+            model.load_weights(best_path)  # the best epoch by validation loss
         train_seconds = time.monotonic() - started
         save_model_atomic(model, run.model_path)
+        best_path.unlink(missing_ok=True)
         if progress:
             progress({"stage": "evaluating", "message": "Evaluating on the test split"})
         metrics = evaluate(run, model=model, index=index)
@@ -225,6 +283,7 @@ def train(
             status=runs.COMPLETE,
             finished_at=runs.utc_now(),
             epochs_trained=len(recorder.rows),
+            best_epoch=_best_epoch(recorder.rows),
             durations={"train_seconds": round(train_seconds, 2), "total_seconds": round(time.monotonic() - started, 2)},
             test_accuracy=metrics["accuracy"],
             roc_auc_macro=metrics["roc_auc_macro"],
@@ -234,6 +293,64 @@ def train(
         raise
     except BaseException as exc:
         runs.update_run(run, traceback=traceback.format_exc(limit=20))
+        runs.mark_failed(run, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _best_epoch(rows: list[dict]) -> int | None:
+    with_val = [r for r in rows if "val_loss" in r]
+    return int(min(with_val, key=lambda r: r["val_loss"])["epoch"]) if with_val else None
+
+
+def import_run(
+    workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
+) -> runs.Run:
+    """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
+
+    ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
+    """
+    from core.model_import import PREPROCESSING_FILE, SAVEDMODEL_DIR, load_user_model, wrap_for_pixels
+
+    index = data_lib.scan_dataset(data_dir, seed=seed)
+    if class_names:
+        class_names = [c.strip() for c in class_names]
+        if sorted(class_names) != sorted(index.class_names):
+            raise ValueError(
+                f"--class-names {class_names} do not match the dataset's class folders {index.class_names}"
+            )
+    else:
+        class_names = index.class_names
+    meta = {
+        "name": name or f"imported-{Path(model_path).stem}",
+        "source": "imported",
+        "imported_from": str(Path(model_path).resolve()),
+        "dataset": str(Path(data_dir).resolve()),
+        "class_names": list(class_names),
+        "architecture": "imported",
+        "preprocessing": preprocess,
+        "seed": seed,
+        "library_versions": system.library_versions(),
+        "split_counts": {s: int((index.records["split"] == s).sum()) for s in data_lib.SPLITS},
+    }
+    run = runs.create_run(workspace, meta["name"], meta)
+    started = time.monotonic()
+    try:
+        model = wrap_for_pixels(load_user_model(model_path, workdir=run.path), preprocess, len(class_names))
+        run = runs.update_run(run, input_size=list(input_size(model)))
+        if (run.path / SAVEDMODEL_DIR).is_dir():  # rebuilt around the SavedModel on load (see load_run_model)
+            runs.atomic_write_json(run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)})
+        else:
+            save_model_atomic(model, run.model_path)
+        metrics = evaluate(run, model=model, index=index)
+        return runs.update_run(
+            run,
+            status=runs.COMPLETE,
+            finished_at=runs.utc_now(),
+            durations={"total_seconds": round(time.monotonic() - started, 2)},
+            test_accuracy=metrics["accuracy"],
+            roc_auc_macro=metrics["roc_auc_macro"],
+        )
+    except BaseException as exc:
         runs.mark_failed(run, f"{type(exc).__name__}: {exc}")
         raise
 
@@ -251,8 +368,16 @@ def save_model_atomic(model, path) -> None:
 
 def evaluate(run: runs.Run, model=None, index: data_lib.DatasetIndex | None = None, batch_size: int = 64) -> dict:
     """Predicts the test split of the run's dataset; writes predictions.csv and metrics.json."""
-    model = model or load_model(run.model_path)
-    index = index or data_lib.scan_dataset(run.meta["dataset"], seed=run.meta.get("seed", 0))
+    if model is None:
+        from core.model_import import load_run_model
+
+        model = load_run_model(run.path)
+    if index is None:
+        hp = run.meta.get("hyperparameters") or {}
+        index = data_lib.scan_dataset(
+            run.meta["dataset"], hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15),
+            seed=run.meta.get("seed", 0), group_split=hp.get("group_split", False),
+        )
     test = index.split("test")
     if not len(test):
         raise ValueError(f"The dataset {index.root} has no test images to evaluate on.")
@@ -264,7 +389,9 @@ def evaluate(run: runs.Run, model=None, index: data_lib.DatasetIndex | None = No
         ]
     )
     class_names = run.class_names or index.class_names
-    predictions = evaluation.predictions_frame(test["path"], test["label"], probs, class_names)
+    order = {c: i for i, c in enumerate(class_names)}
+    labels = [order[c] for c in test["class_name"]]  # the model's output order, which may differ from the folders'
+    predictions = evaluation.predictions_frame(test["path"], labels, probs, class_names)
     metrics = evaluation.compute_metrics(predictions)
     runs.atomic_write_csv(run.file(runs.PREDICTIONS_FILE), predictions)
     runs.atomic_write_json(run.file(runs.METRICS_FILE), metrics)

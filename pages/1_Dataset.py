@@ -5,14 +5,25 @@ import streamlit as st
 
 from core.data import DatasetError, load_image
 from ui import charts
-from ui.common import dataset_index, require_run, setup_page
+from ui.common import dataset_index, folder_input, run_picker, setup_page
 
 setup_page("Dataset", ":material/photo_library:")
-run = require_run()
+run = run_picker()
+choices = (["The current run's dataset"] if run else []) + ["Another folder"]
+source = st.radio("Dataset", choices, horizontal=True, key="dataset_source")
+if source == "Another folder":
+    folder = folder_input("Image folder", "dataset_folder")
+    group_split = st.checkbox("One split per sub-folder (patient)", key="dataset_group_split")
+    if folder is None:
+        st.info("Type the path of an image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
+        st.stop()
+    folder, seed = str(folder), 0
+else:
+    folder, seed, group_split = run.meta["dataset"], run.meta.get("seed", 0), (run.meta.get("hyperparameters") or {}).get("group_split", False)
 try:
-    index = dataset_index(run.meta["dataset"], run.meta.get("seed", 0))
+    index = dataset_index(folder, seed, group_split)
 except DatasetError as exc:
-    st.error(f"The dataset of this run cannot be read: {exc}")
+    st.error(f"This folder cannot be used as a dataset: {exc}")
     st.stop()
 summary = index.summary()
 

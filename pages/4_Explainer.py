@@ -76,7 +76,7 @@ with st.sidebar:
     st.header("Explanation settings")
     methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=lambda m: METHOD_TITLES.get(m, m), key="methods")
     target = st.selectbox("Target class", ["Predicted class"] + class_names, key="target_class")
-    layers = conv_layers(str(run.path), run.model_path.stat().st_mtime)
+    layers = conv_layers(run)
     layer_name = st.selectbox("Grad-CAM layer", layers, index=len(layers) - 1, key="gradcam_layer") if layers else None
     patch_size = st.slider("Occlusion patch size (px)", 2, max(2, min(height, width) // 2), max(2, min(height, width) // 8), key="patch_size")
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")

@@ -98,13 +98,33 @@ def test_dataset_page_warns_on_imbalance(app_workspace, monkeypatch, tmp_path):
 
 def test_training_page(app_workspace, monkeypatch):
     at = _open("pages/2_Training.py", app_workspace, monkeypatch)
-    loss, accuracy = _plots(at)
+    loss, accuracy, compare_accuracy, compare_loss = _plots(at)
     assert [t["name"] for t in loss["data"]] == ["train", "validation"]
     assert [t["name"] for t in accuracy["data"]] == ["train", "validation"]
     assert {m.label: m.value for m in at.metric}["Epochs trained"] == "3"
     params = at.dataframe[0].value
     assert params.loc["arch", "value"] == "compact_cnn"
     assert params.loc["epochs", "value"] == "3"
+    # Compare runs: one line per run, metrics side by side.
+    (run_id,) = at.multiselect(key="compare_runs").value
+    assert [t["name"] for t in compare_accuracy["data"]] == [run_id]
+    assert "test accuracy" in at.dataframe[-1].value.columns
+    assert at.dataframe[-1].value.index.tolist() == [run_id]
+
+
+def test_training_page_refuses_bad_folders(app_workspace, monkeypatch, tmp_path):
+    at = _open("pages/2_Training.py", app_workspace, monkeypatch)
+    at.text_input(key="train_folder").set_value("/etc").run()
+    assert any("outside the folders this dashboard may read" in e.value for e in at.error)
+    empty = app_workspace / "empty_folder"
+    empty.mkdir(exist_ok=True)
+    at.text_input(key="train_folder").set_value(str(empty)).run()
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    assert any("Found no sub-folders" in e.value for e in at.error)
+    from core import runs
+
+    assert not [r for r in runs.list_runs(app_workspace) if r.status == "running"]
 
 
 def test_evaluation_page(app_workspace, monkeypatch):
@@ -193,3 +213,56 @@ def test_explainer_refuses_bad_uploads_with_a_message(app_workspace, monkeypatch
     assert len(at.error) == 1
     assert name in at.error[0].value and expected in at.error[0].value
     assert not [c for c in at.caption if c.value.endswith(" ms")]  # nothing was explained
+
+
+def test_dataset_page_on_another_folder(app_workspace, monkeypatch, tmp_path):
+    from core.data import generate_shapes_dataset
+
+    folder = generate_shapes_dataset(app_workspace / "datasets" / "other", per_class=5, image_size=20, seed=3)
+    (folder / "train" / "circle" / "broken.png").write_bytes(b"not a png")
+    at = _open("pages/1_Dataset.py", app_workspace, monkeypatch)
+    at.radio(key="dataset_source").set_value("Another folder").run()
+    at.text_input(key="dataset_folder").set_value(str(folder)).run()
+    assert not at.exception and not at.error
+    counts = at.dataframe[0].value
+    assert counts["total"].tolist() == [5, 5, 5]
+    assert any("1 files skipped" in e.label for e in at.expander)
+    at.text_input(key="dataset_folder").set_value("/").run()
+    assert any("outside the folders" in e.value for e in at.error)
+
+
+def _save_models(tmp_path):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((48, 48, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = layers.GlobalAveragePooling2D()(x)
+    good = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
+    good.save(tmp_path / "good.keras")
+    bad = keras.Model(inputs, layers.Dense(2, activation="softmax")(x))
+    bad.save(tmp_path / "two_classes.keras")
+    return tmp_path / "good.keras", tmp_path / "two_classes.keras"
+
+
+def test_import_page_uploads_a_model_and_refuses_a_mismatch(app_workspace, monkeypatch, tmp_path):
+    import shutil
+
+    from core import runs
+
+    good, mismatched = _save_models(tmp_path)
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    data = str(workspace / "datasets" / "shapes")  # the copy, inside this workspace (a data root)
+    at = _open("pages/5_Import_model.py", workspace, monkeypatch)
+    at.file_uploader(key="model_upload").set_value(("two_classes.keras", mismatched.read_bytes(), "application/octet-stream")).run()
+    at.text_input(key="import_data").set_value(data).run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert any("predicts 2 classes but the data has 3" in e.value for e in at.error)
+    at.file_uploader(key="model_upload").set_value(("good.keras", good.read_bytes(), "application/octet-stream")).run()
+    at.button(key="import_button").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Imported as run" in s.value for s in at.success)
+    imported = [r for r in runs.list_runs(workspace) if r.meta.get("source") == "imported" and r.is_complete]
+    assert len(imported) == 1 and imported[0].meta["preprocessing"] == "raw"

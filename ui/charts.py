@@ -73,3 +73,13 @@ def probabilities_bar(class_names, probs, highlight: int) -> go.Figure:
     fig = go.Figure(go.Bar(x=list(probs), y=list(class_names), orientation="h", marker_color=colours, text=[f"{p:.3f}" for p in probs]))
     fig.update_layout(xaxis_range=[0, 1], xaxis_title="probability", height=60 + 40 * len(class_names), margin=dict(t=10, b=10))
     return fig
+
+
+def compare_curves(history: pd.DataFrame, column: str) -> go.Figure:
+    """One line per run for a history column (e.g. ``val_accuracy``)."""
+    fig = go.Figure()
+    for run_id, frame in history.groupby("run", sort=False):
+        if column in frame:
+            fig.add_trace(go.Scatter(x=frame["epoch"], y=frame[column], mode="lines+markers", name=run_id))
+    fig.update_layout(title=column, xaxis_title="epoch", yaxis_title=column, height=340, margin=dict(t=40, b=10))
+    return fig

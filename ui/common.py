@@ -64,11 +64,14 @@ def require_run() -> runs.Run:
     return run
 
 
-def _model_stamp(run: runs.Run) -> float:
-    try:
-        return run.model_path.stat().st_mtime
-    except OSError:
-        return 0.0
+def model_stamp(run: runs.Run) -> float:
+    """Changes whenever the run's model changes (model.keras, or an imported SavedModel's folder)."""
+    for candidate in (run.model_path, run.path / "savedmodel" / "saved_model.pb"):
+        try:
+            return candidate.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,41 +94,46 @@ def _metrics(run_path: str, stamp: float):
 
 
 def history(run: runs.Run):
-    return _history(str(run.path), _model_stamp(run))
+    return _history(str(run.path), model_stamp(run))
 
 
 def predictions(run: runs.Run):
-    return _predictions(str(run.path), _model_stamp(run))
+    return _predictions(str(run.path), model_stamp(run))
 
 
 def metrics(run: runs.Run):
-    return _metrics(str(run.path), _model_stamp(run))
+    return _metrics(str(run.path), model_stamp(run))
 
 
-@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
-def dataset_index(dataset_path: str, seed: int):
+@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16, ttl=600)
+def dataset_index(dataset_path: str, seed: int, group_split: bool = False):
     from core.data import scan_dataset
 
-    return scan_dataset(dataset_path, seed=seed)
+    return scan_dataset(dataset_path, seed=seed, group_split=group_split)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def _model(run_path: str, stamp: float):
-    from core.models import load_model
+    from core.model_import import load_run_model
 
-    return load_model(Path(run_path) / runs.MODEL_FILE)
+    return load_run_model(run_path)
 
 
 def model(run: runs.Run):
     """The run's Keras model, loaded once per process (never stored in session state)."""
-    return _model(str(run.path), _model_stamp(run))
+    return _model(str(run.path), model_stamp(run))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def conv_layers(run_path: str, stamp: float) -> list[str]:
+def _conv_layers(run_path: str, stamp: float) -> list[str]:
     from core.explain import conv_layer_names
 
     return conv_layer_names(_model(run_path, stamp))
+
+
+def conv_layers(run: runs.Run) -> list[str]:
+    """Every layer with a 4-D output, nested backbones included, in network order."""
+    return _conv_layers(str(run.path), model_stamp(run))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -138,5 +146,24 @@ def _explanations(run_path: str, stamp: float, image: np.ndarray, methods: tuple
 def explanations(run: runs.Run, image: np.ndarray, methods, class_index, params: dict):
     """Prediction and maps for one image; cached by (run, model, image content, methods, class, params)."""
     return _explanations(
-        str(run.path), _model_stamp(run), image, tuple(methods), class_index, json.dumps(params, sort_keys=True)
+        str(run.path), model_stamp(run), image, tuple(methods), class_index, json.dumps(params, sort_keys=True)
     )
+
+
+def folder_input(label: str, key: str, default: str = "") -> Path | None:
+    """A text input for a folder inside the data roots; shows the reason and returns None when refused."""
+    from core.paths import DataRootError, data_roots, resolve_within
+
+    roots = data_roots(workspace())
+    text = st.text_input(label, value=default, key=key, help="Allowed: " + ", ".join(str(r) for r in roots))
+    if not text.strip():
+        return None
+    try:
+        folder = resolve_within(text, roots)
+    except DataRootError as exc:
+        st.error(str(exc))
+        return None
+    if not folder.is_dir():
+        st.error(f"{folder} is not a folder.")
+        return None
+    return folder
