@@ -180,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    from core.models import ARCHITECTURES, PREPROCESSING_MODES
+    from core.catalog import ARCHITECTURE_NAMES, PREPROCESSING_MODES  # no TensorFlow: --help stays fast
 
     p = sub.add_parser("train", help="train a model on an image folder (transfer learning or from scratch)")
     p.add_argument("--data", required=True, help="image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
-    p.add_argument("--arch", default="efficientnetb0", choices=sorted(ARCHITECTURES))
+    p.add_argument("--arch", default="efficientnetb0", choices=ARCHITECTURE_NAMES)
     p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"],
                    help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch")
     p.add_argument("--img-size", type=int, default=224, help="input size in pixels (square)")

@@ -46,7 +46,7 @@ def _open_checked(source) -> Image.Image:
             raise ImageError("The file is empty (0 bytes).")
         if len(source) > MAX_UPLOAD_BYTES:
             raise ImageError(
-                f"The file is {len(source) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB."
+                f"The file is {len(source) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB."
             )
         source = io.BytesIO(source)
     elif os.path.getsize(source) == 0:
@@ -76,10 +76,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode (L, LA, P, RGB, RGBA, CMYK, I;16, I, F) -> RGB, EXIF orientation applied."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # The same stored value always maps to the same grey: 16-bit ranges scale by 255/65535; 32-bit
+        # integer or float images already within 0-255 are kept as they are.
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        if image.mode.startswith("I;16") or array.max() > 255:
+            array = array * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -117,9 +119,15 @@ def load_images(paths, size: tuple[int, int]) -> np.ndarray:
 
 
 def image_header(path) -> tuple[int, int, str]:
-    """(width, height, mode) read from the header only, after the same checks as `load_image`."""
+    """(width, height, mode) of an image after the checks of `load_image`, decoding it fully so that
+    truncated or corrupt files are caught when a folder is scanned, not in the middle of training."""
     image = _open_checked(path)
-    return image.size[0], image.size[1], image.mode
+    width, height, mode = image.size[0], image.size[1], image.mode
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
+    return width, height, mode
 
 
 # ---------------------------------------------------------------------------------------------------

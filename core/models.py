@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402  (Keras 3; TensorFlow backend)
 from keras import layers  # noqa: E402
 
-PREPROCESSING_MODES = ("raw", "unit", "symmetric", "caffe", "torch")
+from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES  # noqa: E402
 
 _IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -114,23 +114,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     "compact_cnn": Architecture(
         "compact_cnn",
         "Three small convolution blocks and a top convolution; trains in under a minute on a CPU (the demo's model).",
-        "unit",
-        64,
+        ARCHITECTURE_SPECS["compact_cnn"][1],
+        ARCHITECTURE_SPECS["compact_cnn"][2],
         _compact_backbone,
     ),
 }
-# Keras' EfficientNets rescale and normalise pixels 0-255 themselves (preprocessing 'raw');
-# ResNet50 and VGG16 expect 'caffe' inputs, MobileNetV2 expects -1..1.
-for _name, _keras_name, _prep, _size in (
-    ("efficientnetb0", "EfficientNetB0", "raw", 224),
-    ("efficientnetb1", "EfficientNetB1", "raw", 240),
-    ("efficientnetb2", "EfficientNetB2", "raw", 260),
-    ("efficientnetb3", "EfficientNetB3", "raw", 300),
-    ("resnet50", "ResNet50", "caffe", 224),
-    ("vgg16", "VGG16", "caffe", 224),
-    ("mobilenetv2", "MobileNetV2", "symmetric", 224),
-):
-    ARCHITECTURES[_name] = Architecture(_name, f"{_keras_name} (Keras applications).", _prep, _size, _application(_keras_name))
+for _name, (_keras_name, _prep, _size) in ARCHITECTURE_SPECS.items():
+    if _keras_name is not None:
+        ARCHITECTURES[_name] = Architecture(_name, f"{_keras_name} (Keras applications).", _prep, _size, _application(_keras_name))
 
 
 def _as_hw(image_size) -> tuple[int, int]:

@@ -86,17 +86,19 @@ def atomic_write_csv(path, frame: pd.DataFrame) -> None:
 
 
 def _json_default(value):
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Cannot store {type(value).__name__} in JSON")
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 # ---------------------------------------------------------------------------------------------------

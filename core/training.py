@@ -266,7 +266,7 @@ def train(
                 epochs=done + epochs, callbacks=callbacks, class_weight=weights, verbose=0,
             )
             done = len(recorder.rows)
-            if recorder.cancelled or model.stop_training:
+            if recorder.cancelled:  # early stopping ends a phase only: fine-tuning still follows
                 break
         if recorder.cancelled:
             return runs.mark_failed(run, "Cancelled by the user.", status=runs.CANCELLED)
@@ -274,7 +274,6 @@ def train(
             model.load_weights(best_path)  # the best epoch by validation loss
         train_seconds = time.monotonic() - started
         save_model_atomic(model, run.model_path)
-        best_path.unlink(missing_ok=True)
         if progress:
             progress({"stage": "evaluating", "message": "Evaluating on the test split"})
         metrics = evaluate(run, model=model, index=index)
@@ -295,6 +294,8 @@ def train(
         runs.update_run(run, traceback=traceback.format_exc(limit=20))
         runs.mark_failed(run, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        (run.path / ".best.weights.h5").unlink(missing_ok=True)
 
 
 def _best_epoch(rows: list[dict]) -> int | None:

@@ -4,11 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from core import jobs, runs
+from core.catalog import ARCHITECTURE_NAMES
 from core.data import DatasetError
 from ui import charts
 from ui.common import dataset_index, folder_input, history, run_picker, setup_page, workspace
 
-ARCHITECTURES = ["efficientnetb0", "efficientnetb1", "efficientnetb2", "efficientnetb3", "resnet50", "vgg16", "mobilenetv2", "compact_cnn"]
 
 setup_page("Training", ":material/show_chart:")
 run = run_picker()
@@ -52,7 +52,7 @@ with new_tab:
     folder = folder_input("Image folder", "train_folder", default_folder)
     with st.form("new_run"):
         c1, c2, c3 = st.columns(3)
-        arch = c1.selectbox("Architecture", ARCHITECTURES, key="train_arch")
+        arch = c1.selectbox("Architecture", ARCHITECTURE_NAMES, key="train_arch")
         weights = c2.radio("Weights", ["imagenet", "none"], horizontal=True, key="train_weights",
                            help="imagenet: pre-trained, frozen first then fine-tuned (needs the weights file); none: from scratch")
         image_size = c3.number_input("Image size (px)", 16, 1024, 224, key="train_img_size")
