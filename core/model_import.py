@@ -37,6 +37,8 @@ class UnsafeModelError(ModelError):
 class RGBToGrayscale(layers.Layer):
     """RGB (..., 3) -> one channel (..., 1) by the ITU-R 601 luma weights, for single-channel models."""
 
+    is_input_adapter = True  # not a learned layer: explanations do not offer it as a target
+
     def call(self, inputs):
         weights = keras.ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=inputs.dtype)
         return keras.ops.sum(inputs * weights, axis=-1, keepdims=True)

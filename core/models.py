@@ -42,6 +42,8 @@ class PixelPreprocessing(layers.Layer):
     subtracted, as Keras ResNet50/VGG16), ``torch`` (0-1, then ImageNet mean/std per channel).
     """
 
+    is_input_adapter = True  # not a learned layer: explanations do not offer it as a target
+
     def __init__(self, mode: str = "unit", **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:

@@ -12,7 +12,7 @@ from keras import layers
 
 from core import runs
 from core.data import generate_shapes_dataset, load_images
-from core.explain import conv_layer_names, explain
+from core.explain import ExplanationError, conv_layer_names, explain
 from core.model_import import UnsafeModelError, load_run_model, wrap_for_pixels
 from core.models import ModelError, PixelPreprocessing, predict_proba
 from core.training import import_run
@@ -76,6 +76,10 @@ def test_import_savedmodel_folder(tmp_path, shapes):
     np.testing.assert_allclose(predict_proba(loaded, image), np.asarray(model(image / 127.5 - 1.0)), atol=1e-5)
     maps = explain(loaded, image, "vanilla_gradients")
     assert maps.shape == (1, SIZE, SIZE) and maps.max() == pytest.approx(1.0)
+    # A SavedModel is opaque: no inner layer to target, and Grad-CAM says so instead of failing.
+    assert conv_layer_names(loaded) == []
+    with pytest.raises(ExplanationError, match="gradcam: expected a model with a layer whose output is 4-D"):
+        explain(loaded, image, "gradcam")
 
 
 def _lambda_model(marker):
@@ -159,6 +163,7 @@ def test_class_names_give_the_output_order(tmp_path, shapes):
 def test_grayscale_model_and_logits_model_are_wrapped(tmp_path, shapes):
     grey = wrap_for_pixels(_small_cnn(channels=1), "unit", 3)
     assert grey.inputs[0].shape[-1] == 3 and "to_grayscale" in [l.name for l in grey.layers]
+    assert conv_layer_names(grey) == ["conv_a", "conv_b"]  # the input adapters are not Grad-CAM targets
     logits = wrap_for_pixels(_small_cnn(activation=None), "raw", 3)
     out = predict_proba(logits, np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)))
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)  # a softmax was added after the logits

@@ -162,7 +162,9 @@ def test_explainer_shows_three_methods_side_by_side(app_workspace, monkeypatch):
 def test_explainer_controls(app_workspace, monkeypatch):
     at = _explainer(app_workspace, monkeypatch)
     layer = at.selectbox(key="gradcam_layer")
-    assert "top_conv" in layer.options and layer.value == layer.options[-1]
+    assert layer.options == ["block1_conv", "block1_bn", "block1_relu", "block1_pool", "block2_conv", "block2_bn",
+                             "block2_relu", "block2_pool", "block3_conv", "block3_bn", "block3_relu", "block3_pool", "top_conv"]
+    assert layer.value == "top_conv"
     at.selectbox(key="outcome_filter").select("Correct").run()
     at.selectbox(key="target_class").select("triangle").run()
     at.selectbox(key="gradcam_layer").select("block2_conv").run()
