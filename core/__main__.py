@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 
 def cmd_import_model(args) -> int:
     from core import runs
-    from core.training import import_run
+    from core.model_import import import_run
 
     class_names = args.class_names.split(",") if args.class_names else None
     run = import_run(
@@ -130,7 +130,7 @@ def cmd_explain(args) -> int:
         if args.class_name not in class_names:
             raise ValueError(f"Unknown class {args.class_name!r}. Expected one of {class_names}")
         class_index = class_names.index(args.class_name)
-    params = {"occlusion": {"patch_size": args.patch_size}} if args.patch_size else {}
+    params = {"occlusion": {"patch_size": args.patch_size}} if args.patch_size is not None else {}
     if args.layer_name:
         params["gradcam"] = {"layer_name": args.layer_name}
     probs, results = explain_side_by_side(model, image, methods, class_index, params)
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    from core.catalog import ARCHITECTURE_NAMES, PREPROCESSING_MODES  # no TensorFlow: --help stays fast
+    from core.catalog import ARCHITECTURE_NAMES, PREPROCESSING_DESCRIPTIONS, PREPROCESSING_MODES  # no TensorFlow
 
     p = sub.add_parser("train", help="train a model on an image folder (transfer learning or from scratch)")
     p.add_argument("--data", required=True, help="image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=".keras or .h5 file, or a SavedModel folder")
     p.add_argument("--data", required=True, help="image folder with a test split (or split here)")
     p.add_argument("--preprocess", required=True, choices=PREPROCESSING_MODES,
-                   help="what the model expects: raw 0-255, unit 0-1, symmetric -1..1, caffe, torch")
+                   help="what the model expects: " + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING_DESCRIPTIONS.items()))
     p.add_argument("--class-names", default=None, help="comma-separated, in the model's output order")
     p.add_argument("--name", default=None)
     _add_workspace(p)

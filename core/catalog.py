@@ -1,7 +1,14 @@
 """Names the command line and the pages offer, without importing TensorFlow: architectures (with the
 preprocessing each expects and its default input size) and preprocessing modes. `core.models` builds them."""
 
-PREPROCESSING_MODES = ("raw", "unit", "symmetric", "caffe", "torch")
+PREPROCESSING_DESCRIPTIONS = {
+    "raw": "pixels 0-255 as they are",
+    "unit": "pixels / 255 (0-1)",
+    "symmetric": "pixels / 127.5 - 1 (-1..1)",
+    "caffe": "BGR, ImageNet mean subtracted (Keras ResNet50, VGG16)",
+    "torch": "0-1, then ImageNet mean/std per channel (PyTorch style)",
+}
+PREPROCESSING_MODES = tuple(PREPROCESSING_DESCRIPTIONS)
 
 # name: (Keras application class or None for our own, preprocessing, default input size)
 # Keras' EfficientNets rescale and normalise pixels 0-255 themselves (preprocessing 'raw');

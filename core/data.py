@@ -59,8 +59,8 @@ def _open_checked(source) -> Image.Image:
         raise ImageError(f"The image is too large to decode safely (decompression bomb?): {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageError("The file is not an image that Pillow can read.") from exc
-    except OSError as exc:
-        raise ImageError(f"The image cannot be opened: {exc}") from exc
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error...
+        raise ImageError(f"The image cannot be opened: {type(exc).__name__}: {exc}") from exc
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageError(
@@ -106,7 +106,19 @@ def load_image(source, size: tuple[int, int] | None = None) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+    except Exception as exc:  # truncated or corrupt data, whatever the decoder raises
+        raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
+
+
+def load_thumbnail(source, max_side: int = 160) -> np.ndarray:
+    """A uint8 RGB preview no larger than ``max_side`` pixels per side (JPEGs decode at reduced size)."""
+    image = _open_checked(source)
+    try:
+        image.draft("RGB", (max_side, max_side))
+        image = to_rgb(image)
+        image.thumbnail((max_side, max_side))
+        return np.asarray(image, dtype=np.uint8)
+    except Exception as exc:
         raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
 
 
@@ -125,7 +137,7 @@ def image_header(path) -> tuple[int, int, str]:
     width, height, mode = image.size[0], image.size[1], image.mode
     try:
         image.load()
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:
         raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
     return width, height, mode
 

@@ -49,14 +49,17 @@ def find_demo_run(workspace) -> runs.Run | None:
     return next((r for r in runs.list_runs(workspace) if r.meta.get("demo") and r.is_complete), None)
 
 
-def demo_in_progress(workspace) -> bool:
-    """True while another live process holds the demo lock."""
-    lock = Path(workspace) / LOCK_FILE
+def _lock_owner(lock: Path) -> int:
     try:
-        pid = int(lock.read_text().strip() or 0)
+        return int(lock.read_text().strip() or 0)
     except (OSError, ValueError):
-        return False
-    return runs._pid_alive(pid)
+        return 0
+
+
+def demo_in_progress(workspace) -> bool:
+    """True while a live process holds the demo lock."""
+    pid = _lock_owner(Path(workspace) / LOCK_FILE)
+    return pid > 0 and runs.pid_alive(pid)
 
 
 class _DemoLock:
@@ -68,6 +71,8 @@ class _DemoLock:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
+            if _lock_owner(self.path) == os.getpid():  # the page that started us wrote our pid already
+                return self
             if demo_in_progress(self.path.parent):
                 raise RuntimeError("The demo is already being created by another process.") from None
             self.path.unlink(missing_ok=True)  # stale lock from a process that died
@@ -98,22 +103,25 @@ def create_demo_run(workspace, progress=None, epochs: int = 8, per_class: int = 
 
 
 def start_demo_process(workspace):
-    """Starts ``python -m core demo`` in its own process session (it survives page reloads)."""
+    """Starts ``python -m core demo`` in its own process session (it survives page reloads) and writes
+    its pid into the lock at once, so the page shows progress, not the button, from the next rerun."""
     from core import jobs
 
-    return jobs.start(["demo"], workspace, LOG_FILE)
+    process = jobs.start(["demo"], workspace, LOG_FILE)
+    runs.atomic_write_text(Path(workspace) / LOCK_FILE, str(process.pid))
+    return process
 
 
 def demo_status(workspace) -> dict:
     """What the Home page shows while the demo is created: stage, epoch, fraction done, last error."""
     workspace = Path(workspace)
-    running = [r for r in runs.list_runs(workspace) if r.meta.get("demo")]
+    demo_runs = [r for r in runs.list_runs(workspace) if r.meta.get("demo")]
     status = {"in_progress": demo_in_progress(workspace), "fraction": 0.0, "message": "Starting"}
-    if not running:
+    if not demo_runs:
         if status["in_progress"]:
             status["message"] = "Generating the synthetic shapes dataset"
         return status
-    latest = running[0]
+    latest = demo_runs[0]
     status["run_status"] = latest.status
     status["error"] = latest.meta.get("error")
     from core.jobs import progress_summary

@@ -160,3 +160,15 @@ def pr_curves(predictions: pd.DataFrame) -> dict[str, dict]:
             "average_precision": float(skm.average_precision_score(y_binary, probs[:, i])),
         }
     return curves
+
+
+def filter_predictions(predictions: pd.DataFrame, true_class: str | None = None, outcome: str = "all") -> pd.DataFrame:
+    """Test images of one true class (None: all) and one outcome: ``"all"``, ``"correct"`` or ``"incorrect"``."""
+    if outcome not in ("all", "correct", "incorrect"):
+        raise ValueError(f"Expected outcome 'all', 'correct' or 'incorrect'. Received: outcome={outcome!r}")
+    subset = predictions
+    if true_class is not None:
+        subset = subset[subset["true_class"] == true_class]
+    if outcome != "all":
+        subset = subset[subset["correct"] == (outcome == "correct")]
+    return subset

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+import re
+
 from core import runs
 
 if TYPE_CHECKING:  # core.training imports TensorFlow; this module must stay cheap (the Home page uses it)
@@ -17,12 +19,17 @@ if TYPE_CHECKING:  # core.training imports TensorFlow; this module must stay che
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+_CHILDREN: list[subprocess.Popen] = []  # polled, so that ended children are reaped (no zombies)
+
+
 def start(args: list[str], workspace, log_name: str) -> subprocess.Popen:
     """Starts ``python -m core <args> --workspace W`` detached, its output appended to ``W/logs/<log_name>``."""
     workspace = Path(workspace)
     (workspace / "logs").mkdir(parents=True, exist_ok=True)
+    log_name = re.sub(r"[^A-Za-z0-9_.-]", "-", log_name).lstrip(".") or "job.log"
+    _CHILDREN[:] = [child for child in _CHILDREN if child.poll() is None]
     with open(workspace / "logs" / log_name, "ab") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "core", *args, "--workspace", str(workspace)],
             cwd=PROJECT_ROOT,
             stdout=log,
@@ -30,6 +37,8 @@ def start(args: list[str], workspace, log_name: str) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _CHILDREN.append(process)
+    return process
 
 
 def train_args(data_dir, config: "TrainingConfig", name: str | None = None) -> list[str]:
@@ -63,6 +72,7 @@ def cancel(run: runs.Run) -> None:
 
 def active_runs(workspace) -> list[runs.Run]:
     """Runs still training in a live process."""
+    _CHILDREN[:] = [child for child in _CHILDREN if child.poll() is None]
     return [r for r in runs.list_runs(workspace) if r.status == runs.RUNNING]
 
 

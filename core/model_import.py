@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from core.models import PREPROCESSING_MODES, ModelError, PixelPreprocessing
 
-UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
-# Graph ops of a SavedModel that reach outside the computation (files, Python). Variables are restored
-# with RestoreV2, which is not listed; nothing legitimate in an image classifier needs these.
-UNSAFE_OPS = {
-    "WriteFile", "ReadFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc", "PrintV2",
-    "ImmutableConst", "DebugIdentityV2", "DebugNumericSummaryV2",
+UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}  # __lambda__: a lambda activation
+# A SavedModel op whose type contains one of these reaches outside the computation (files, datasets,
+# Python, logs, checkpoints). Only the checkpoint's own save/restore functions may hold such ops.
+UNSAFE_OP_PATTERNS = (
+    "Dataset", "Iterator", "Reader", "Writer", "File", "TFRecord", "PyFunc", "Print", "Summary", "Save",
+    "Restore", "Checkpoint", "Table", "Debug", "Immutable", "Socket", "Rpc", "Send", "Recv", "Shell",
+)
+# What restoring variables from the SavedModel's own checkpoint needs, and nothing more.
+RESTORE_OPS = {
+    "StatefulPartitionedCall", "PartitionedCall", "RestoreV2", "AssignVariableOp", "Identity", "IdentityN",
+    "NoOp", "Const", "DisableCopyOnRead", "StringJoin", "ShardedFilename", "StaticRegexFullMatch", "Select",
 }
+MAX_CONFIG_BYTES = 64 * 2**20
 SAVEDMODEL_DIR = "savedmodel"
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -62,7 +70,10 @@ def saved_config(path: Path) -> dict | None:
     try:
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
+                info = archive.getinfo("config.json")
+                if info.file_size > MAX_CONFIG_BYTES:
+                    raise ModelError(f"{path.name}: its config.json unpacks to {info.file_size} bytes; refused as too large")
+                return json.loads(archive.read(info))
         if path.suffix in (".h5", ".hdf5"):
             import h5py
 
@@ -70,20 +81,41 @@ def saved_config(path: Path) -> dict | None:
                 raw = handle.attrs.get("model_config")
             if raw is None:
                 raise ModelError(f"{path.name} holds weights only (no model configuration): save the whole model")
-            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        if isinstance(exc, ModelError):
-            raise
-        raise ModelError(f"{path.name} is not a readable Keras model file: {exc}") from exc
+            return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ModelError:
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError, RecursionError) as exc:
+        raise ModelError(f"{path.name} is not a readable Keras model file: {type(exc).__name__}: {exc}") from exc
     return None
 
 
+def _is_serialized_function(node: dict) -> bool:
+    """Keras stores a Python function (a lambda activation, say) as {"value": [bytecode, defaults, closure]}."""
+    import base64
+    import binascii
+
+    value = node.get("value")
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and len(value[0]) > 16):
+        return False
+    try:
+        base64.b64decode(value[0], validate=False)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
 def check_safe(path: Path) -> None:
-    """Refuses a model whose configuration holds layers that would run stored code on load."""
+    """Refuses a model whose configuration holds layers or functions that would run stored code on load."""
     config = saved_config(path)
     if config is None:
         return
-    unsafe = sorted({node.get("class_name") for node in _walk(config) if node.get("class_name") in UNSAFE_LAYERS})
+    try:
+        nodes = list(_walk(config))
+        unsafe = sorted({node.get("class_name") for node in nodes if node.get("class_name") in UNSAFE_LAYERS})
+        if any(_is_serialized_function(node) for node in nodes):
+            unsafe.append("__lambda__ (a Python function)")
+    except RecursionError as exc:
+        raise ModelError(f"{path.name}: its configuration is nested too deeply to check; refused") from exc
     if unsafe:
         raise UnsafeModelError(
             f"{path.name} contains {', '.join(unsafe)} layer(s), which run Python code stored in the file "
@@ -92,8 +124,7 @@ def check_safe(path: Path) -> None:
         )
 
 
-def savedmodel_ops(path: Path) -> set[str]:
-    """Every op type in a SavedModel's graphs and functions, read from saved_model.pb (nothing is run)."""
+def _read_savedmodel(path: Path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
@@ -101,20 +132,66 @@ def savedmodel_ops(path: Path) -> set[str]:
         proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
     except Exception as exc:
         raise ModelError(f"{path} holds no readable saved_model.pb: {exc}") from exc
-    ops = set()
+    return proto
+
+
+def _called_functions(nodes) -> set[str]:
+    """Names of the functions that graph nodes call (through any function-valued attribute)."""
+    names = set()
+    for node in nodes:
+        for value in node.attr.values():
+            if value.func.name:
+                names.add(value.func.name)
+            names.update(f.name for f in value.list.func)
+    return names
+
+
+def savedmodel_ops(path: Path) -> dict[str, set[str]]:
+    """Op types of a SavedModel, read from saved_model.pb without running anything, in three groups:
+    ``restore`` (run when loading: reads the variables), ``save`` (run only when saving: never, here)
+    and ``model`` (everything else, the computation itself)."""
+    proto = _read_savedmodel(path)
+    groups = {"model": set(), "restore": set(), "save": set()}
     for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
-    return ops
+        functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+        nodes = {n.name: n for n in meta_graph.graph_def.node}
+        saver = meta_graph.saver_def
+        save_node, restore_node = saver.save_tensor_name.split(":")[0], saver.restore_op_name.split(":")[0]
+
+        def closure(start: set[str]) -> set[str]:
+            seen, todo = set(), list(start)
+            while todo:
+                name = todo.pop()
+                if name in seen or name not in functions:
+                    continue
+                seen.add(name)
+                todo.extend(_called_functions(functions[name].node_def))
+            return seen
+
+        main = [n for name, n in nodes.items() if name not in (save_node, restore_node)]
+        model_fns = closure(_called_functions(main))
+        restore_fns = closure(_called_functions([nodes[restore_node]] if restore_node in nodes else [])) - model_fns
+        save_fns = closure(_called_functions([nodes[save_node]] if save_node in nodes else [])) - model_fns - restore_fns
+        groups["model"].update(n.op for n in main)
+        for group, names in (("restore", restore_fns), ("save", save_fns)):
+            groups[group].update(n.op for name in names for n in functions[name].node_def)
+        for name in set(functions) - restore_fns - save_fns:  # reached from the model, or from nowhere
+            groups["model"].update(n.op for n in functions[name].node_def)
+        if restore_node in nodes:
+            groups["restore"].add(nodes[restore_node].op)
+    return groups
 
 
 def check_safe_savedmodel(path: Path) -> None:
-    unsafe = sorted(savedmodel_ops(path) & UNSAFE_OPS)
+    """Refuses a SavedModel whose computation reaches outside itself, or whose variable restoring does
+    more than read its own checkpoint."""
+    ops = savedmodel_ops(path)
+    unsafe = sorted(op for op in ops["model"] if any(p in op for p in UNSAFE_OP_PATTERNS))
+    unsafe += sorted(ops["restore"] - RESTORE_OPS)
     if unsafe:
         raise UnsafeModelError(
-            f"The SavedModel at {path} contains ops that read or write files or call Python ({', '.join(unsafe)}). "
-            "It was refused and nothing in it was run."
+            f"The SavedModel at {path} contains ops that reach outside the computation (files, datasets, "
+            f"Python, logs: {', '.join(unsafe)}). It was refused and nothing in it was run."
         )
 
 
@@ -130,13 +207,13 @@ def load_user_model(path, workdir=None) -> keras.Model:
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise ModelError(f"{path} is a folder but not a SavedModel (it has no saved_model.pb)")
-        check_safe_savedmodel(path)
         if workdir is not None:
             target = Path(workdir) / SAVEDMODEL_DIR
             if target.exists():
                 shutil.rmtree(target)
-            shutil.copytree(path, target)
+            shutil.copytree(path, target, symlinks=False)
             path = target
+        check_safe_savedmodel(path)  # the files that will be loaded: the copy, when there is one
         errors = []
         for endpoint in ("serve", "serving_default"):  # Keras' export() / tf.saved_model.save()
             try:
@@ -189,9 +266,11 @@ def wrap_for_pixels(user_model, preprocess: str, num_classes: int | None = None)
         x = RGBToGrayscale(name="to_grayscale")(x)
     outputs = user_model(x)
     if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
         if len(outputs) != 1:
-            raise ModelError(f"Expected a model with one output. Received outputs {sorted(outputs)}")
-        outputs = next(iter(outputs.values()))
+            raise ModelError(f"Expected a model with one output (class scores). Received {len(outputs)} outputs")
+        outputs = outputs[0]
     if len(outputs.shape) != 2:
         raise ModelError(f"Expected an output of shape (N, classes). Received {tuple(outputs.shape)}")
     units = int(outputs.shape[-1])
@@ -201,11 +280,33 @@ def wrap_for_pixels(user_model, preprocess: str, num_classes: int | None = None)
             f"The model predicts {classes} classes but the data has {num_classes}. "
             "Check --class-names or the dataset folder."
         )
+    if _outputs_logits(user_model, keras.Model(inputs, outputs), units):
+        outputs = layers.Activation("sigmoid" if units == 1 else "softmax", name="predictions")(outputs)
+    return keras.Model(inputs, outputs, name="imported_classifier")
+
+
+def _outputs_logits(user_model, pixels_model, units: int) -> bool:
+    """True when the model outputs raw scores rather than probabilities.
+
+    The last layer's declared activation decides when there is one; otherwise (a SavedModel, a last
+    layer without activation) a probe batch decides: values outside [0, 1], or rows of several classes
+    that do not sum to 1, are logits.
+    """
     last = user_model.layers[-1] if isinstance(user_model, keras.Model) and user_model.layers else None
     activation = getattr(getattr(last, "activation", None), "__name__", None)
-    if units > 1 and activation == "linear":
-        outputs = layers.Activation("softmax", name="predictions")(outputs)  # the model ends in logits
-    return keras.Model(inputs, outputs, name="imported_classifier")
+    if activation in ("softmax", "sigmoid"):
+        return False
+    if activation == "linear":
+        return True
+    height, width = (int(v) for v in pixels_model.inputs[0].shape[1:3])
+    rng = np.random.default_rng(0)
+    probe = np.concatenate(
+        [rng.uniform(0, 255, (4, height, width, 3)), np.zeros((1, height, width, 3)), np.full((1, height, width, 3), 255.0)]
+    ).astype(np.float32)
+    values = np.asarray(pixels_model(probe, training=False), dtype=np.float64)
+    if values.min() < -1e-6 or values.max() > 1 + 1e-6:
+        return True
+    return units > 1 and bool(np.abs(values.sum(axis=1) - 1.0).max() > 1e-3)
 
 
 def load_run_model(run_dir) -> keras.Model:
@@ -216,6 +317,69 @@ def load_run_model(run_dir) -> keras.Model:
     run_dir = Path(run_dir)
     savedmodel = run_dir / SAVEDMODEL_DIR
     if savedmodel.is_dir():
-        settings = json.loads((run_dir / PREPROCESSING_FILE).read_text())
-        return wrap_for_pixels(load_user_model(savedmodel), settings["preprocess"], settings.get("num_classes"))
+        try:
+            settings = json.loads((run_dir / PREPROCESSING_FILE).read_text())
+            preprocess, num_classes = settings["preprocess"], settings.get("num_classes")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"Run {run_dir.name}: its {PREPROCESSING_FILE} is missing or unreadable ({exc})") from exc
+        return wrap_for_pixels(load_user_model(savedmodel), preprocess, num_classes)
     return load_model(run_dir / "model.keras")
+
+
+def import_run(
+    workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
+) -> runs.Run:
+    """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
+
+    ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
+    """
+    from core import data as data_lib
+    from core import runs, system
+    from core.models import input_size
+    from core.training import evaluate, save_model_atomic, save_splits
+
+    index = data_lib.scan_dataset(data_dir, seed=seed)
+    if class_names:
+        class_names = [c.strip() for c in class_names]
+        if sorted(class_names) != sorted(index.class_names):
+            raise ValueError(
+                f"--class-names {class_names} do not match the dataset's class folders {index.class_names}"
+            )
+    else:
+        class_names = index.class_names
+    meta = {
+        "name": name or f"imported-{Path(model_path).stem}",
+        "source": "imported",
+        "imported_from": str(Path(model_path).resolve()),
+        "dataset": str(Path(data_dir).resolve()),
+        "class_names": list(class_names),
+        "architecture": "imported",
+        "preprocessing": preprocess,
+        "seed": seed,
+        "library_versions": system.library_versions(),
+        "split_counts": {s: int((index.records["split"] == s).sum()) for s in data_lib.SPLITS},
+    }
+    run = runs.create_run(workspace, meta["name"], meta)
+    save_splits(run, index)
+    started = time.monotonic()
+    try:
+        model = wrap_for_pixels(load_user_model(model_path, workdir=run.path), preprocess, len(class_names))
+        run = runs.update_run(run, input_size=list(input_size(model)))
+        if (run.path / SAVEDMODEL_DIR).is_dir():  # rebuilt around the SavedModel on load (see load_run_model)
+            runs.atomic_write_json(run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)})
+        else:
+            save_model_atomic(model, run.model_path)
+        metrics = evaluate(run, model=model, index=index)
+        return runs.update_run(
+            run,
+            status=runs.COMPLETE,
+            finished_at=runs.utc_now(),
+            durations={"total_seconds": round(time.monotonic() - started, 2)},
+            test_accuracy=metrics["accuracy"],
+            roc_auc_macro=metrics["roc_auc_macro"],
+        )
+    except BaseException as exc:
+        runs.mark_stopped(run, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, (ModelError, data_lib.DatasetError, data_lib.ImageError)) or not isinstance(exc, Exception):
+            raise
+        raise ModelError(f"The model could not be imported: {type(exc).__name__}: {exc}") from exc

@@ -180,8 +180,9 @@ def update_run(run: Run, **fields) -> Run:
     return Run(run.path, current)
 
 
-def mark_failed(run: Run, error: str, status: str = FAILED) -> Run:
-    return update_run(run, status=status, error=error, finished_at=utc_now())
+def mark_stopped(run: Run, reason: str, status: str = FAILED) -> Run:
+    """Ends a run that did not complete: ``failed`` (the default) or ``cancelled``, with the reason."""
+    return update_run(run, status=status, error=reason, finished_at=utc_now())
 
 
 def list_runs(workspace) -> list[Run]:
@@ -203,19 +204,25 @@ def list_runs(workspace) -> list[Run]:
 def _with_stale_check(run: Run) -> Run:
     """A run still marked running whose process is gone crashed: report it as failed."""
     pid = run.meta.get("pid")
-    if run.status == RUNNING and isinstance(pid, int) and not _pid_alive(pid):
+    if run.status == RUNNING and isinstance(pid, int) and not pid_alive(pid):
         return Run(run.path, {**run.meta, "status": FAILED, "error": "The training process stopped unexpectedly."})
     return run
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, finished but not yet reaped, counts as ended)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def latest_complete_run(workspace) -> Run | None:
@@ -251,7 +258,9 @@ def load_history(run: Run) -> pd.DataFrame:
 
 
 def load_predictions(run: Run) -> pd.DataFrame:
-    return pd.read_csv(_require(run, PREDICTIONS_FILE))
+    # Class names stay text: folders named "0"/"1" or "NA" must not become numbers or missing values.
+    text = {"path": str, "true_class": str, "pred_class": str}
+    return pd.read_csv(_require(run, PREDICTIONS_FILE), dtype=text, keep_default_na=False)
 
 
 def load_metrics(run: Run) -> dict:

@@ -70,6 +70,18 @@ class TrainingConfig:
                 f"image_size must be between 16 and 1024 pixels. Received: image_size={self.image_size}",
             ),
         ]
+        from core.catalog import ARCHITECTURE_SPECS
+
+        checks += [
+            (
+                self.arch in ARCHITECTURE_SPECS,
+                f"Unknown architecture. Expected one of {list(ARCHITECTURE_SPECS)}. Received: arch={self.arch!r}",
+            ),
+            (
+                self.weights is None or ARCHITECTURE_SPECS.get(self.arch, ("x",))[0] is not None,
+                f"{self.arch} has no pre-trained weights: train it with weights=None. Received: weights={self.weights!r}",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -180,13 +192,6 @@ def class_weights_for(labels, num_classes: int, mode: str | None) -> dict[int, f
     return {i: float(counts.sum() / (num_classes * c)) for i, c in enumerate(counts)}
 
 
-def _device() -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return f"GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU"
-
-
 def train(
     workspace,
     data_dir,
@@ -209,6 +214,12 @@ def train(
     from core.models import ARCHITECTURES, set_trainable_top
 
     train_split, val_split = index.split("train"), index.split("val")
+    for split_name, split in (("train", train_split), ("test", index.split("test"))):
+        if split.empty:
+            raise data_lib.DatasetError(
+                f"The {split_name} split of {index.root} would be empty ({len(index.records)} images, "
+                f"counts per class {index.counts().sum(axis=1).to_dict()}). Add images or change the split fractions."
+            )
     weights = class_weights_for(train_split["label"], len(index.class_names), config.class_weights)
     meta = {
         "name": name or config.arch,
@@ -222,12 +233,13 @@ def train(
         "class_weights": {index.class_names[i]: round(w, 4) for i, w in weights.items()} if weights else None,
         "seed": config.seed,
         "library_versions": system.library_versions(),
-        "device": _device(),
+        "device": system.device_in_use(),
         "split_counts": {s: int((index.records["split"] == s).sum()) for s in data_lib.SPLITS},
         "skipped_files": len(index.skipped),
         **(extra_meta or {}),
     }
     run = runs.create_run(workspace, meta["name"], meta)
+    save_splits(run, index)
     started = time.monotonic()
     try:
         keras.utils.set_random_seed(config.seed)
@@ -241,7 +253,7 @@ def train(
         total_epochs = config.epochs + config.fine_tune_epochs
         recorder = RunRecorder(run, total_epochs, len(train_data), progress)
         best_path = run.path / ".best.weights.h5"
-        callbacks = [recorder]
+        callbacks = [recorder, keras.callbacks.TerminateOnNaN()]
         if len(val_split):
             callbacks += [
                 keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True, save_weights_only=True),
@@ -269,7 +281,12 @@ def train(
             if recorder.cancelled:  # early stopping ends a phase only: fine-tuning still follows
                 break
         if recorder.cancelled:
-            return runs.mark_failed(run, "Cancelled by the user.", status=runs.CANCELLED)
+            return runs.mark_stopped(run, "Cancelled by the user.", status=runs.CANCELLED)
+        if recorder.rows and not np.isfinite(recorder.rows[-1].get("loss", np.nan)):
+            raise ValueError(
+                f"Training diverged: the loss became NaN in epoch {len(recorder.rows)}. "
+                f"Lower the learning rate (it was {config.learning_rate})."
+            )
         if best_path.exists():
             model.load_weights(best_path)  # the best epoch by validation loss
         train_seconds = time.monotonic() - started
@@ -288,11 +305,11 @@ def train(
             roc_auc_macro=metrics["roc_auc_macro"],
         )
     except KeyboardInterrupt:
-        runs.mark_failed(run, "Interrupted.", status=runs.CANCELLED)
+        runs.mark_stopped(run, "Interrupted.", status=runs.CANCELLED)
         raise
     except BaseException as exc:
         runs.update_run(run, traceback=traceback.format_exc(limit=20))
-        runs.mark_failed(run, f"{type(exc).__name__}: {exc}")
+        runs.mark_stopped(run, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         (run.path / ".best.weights.h5").unlink(missing_ok=True)
@@ -303,57 +320,27 @@ def _best_epoch(rows: list[dict]) -> int | None:
     return int(min(with_val, key=lambda r: r["val_loss"])["epoch"]) if with_val else None
 
 
-def import_run(
-    workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
-) -> runs.Run:
-    """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
+SPLITS_FILE = "splits.csv"
 
-    ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
-    """
-    from core.model_import import PREPROCESSING_FILE, SAVEDMODEL_DIR, load_user_model, wrap_for_pixels
 
-    index = data_lib.scan_dataset(data_dir, seed=seed)
-    if class_names:
-        class_names = [c.strip() for c in class_names]
-        if sorted(class_names) != sorted(index.class_names):
-            raise ValueError(
-                f"--class-names {class_names} do not match the dataset's class folders {index.class_names}"
-            )
-    else:
-        class_names = index.class_names
-    meta = {
-        "name": name or f"imported-{Path(model_path).stem}",
-        "source": "imported",
-        "imported_from": str(Path(model_path).resolve()),
-        "dataset": str(Path(data_dir).resolve()),
-        "class_names": list(class_names),
-        "architecture": "imported",
-        "preprocessing": preprocess,
-        "seed": seed,
-        "library_versions": system.library_versions(),
-        "split_counts": {s: int((index.records["split"] == s).sum()) for s in data_lib.SPLITS},
-    }
-    run = runs.create_run(workspace, meta["name"], meta)
-    started = time.monotonic()
-    try:
-        model = wrap_for_pixels(load_user_model(model_path, workdir=run.path), preprocess, len(class_names))
-        run = runs.update_run(run, input_size=list(input_size(model)))
-        if (run.path / SAVEDMODEL_DIR).is_dir():  # rebuilt around the SavedModel on load (see load_run_model)
-            runs.atomic_write_json(run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)})
-        else:
-            save_model_atomic(model, run.model_path)
-        metrics = evaluate(run, model=model, index=index)
-        return runs.update_run(
-            run,
-            status=runs.COMPLETE,
-            finished_at=runs.utc_now(),
-            durations={"total_seconds": round(time.monotonic() - started, 2)},
-            test_accuracy=metrics["accuracy"],
-            roc_auc_macro=metrics["roc_auc_macro"],
-        )
-    except BaseException as exc:
-        runs.mark_failed(run, f"{type(exc).__name__}: {exc}")
-        raise
+def save_splits(run: runs.Run, index: data_lib.DatasetIndex) -> None:
+    """Records which file went to which split, so evaluation and pages use exactly the training split."""
+    columns = ["path", "split", "class_name", "label"]
+    runs.atomic_write_csv(run.file(SPLITS_FILE), index.records[columns])
+
+
+def test_split_of(run: runs.Run) -> pd.DataFrame:
+    """The run's test split: as recorded at training time, or (older and imported runs) scanned again."""
+    recorded = run.file(SPLITS_FILE)
+    if recorded.exists():
+        splits = pd.read_csv(recorded, dtype={"path": str, "split": str, "class_name": str}, keep_default_na=False)
+        return splits[splits["split"] == "test"].reset_index(drop=True)
+    hp = run.meta.get("hyperparameters") or {}
+    index = data_lib.scan_dataset(
+        run.meta["dataset"], hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15),
+        seed=run.meta.get("seed", 0), group_split=hp.get("group_split", False),
+    )
+    return index.split("test")
 
 
 def save_model_atomic(model, path) -> None:
@@ -368,31 +355,31 @@ def save_model_atomic(model, path) -> None:
 
 
 def evaluate(run: runs.Run, model=None, index: data_lib.DatasetIndex | None = None, batch_size: int = 64) -> dict:
-    """Predicts the test split of the run's dataset; writes predictions.csv and metrics.json."""
+    """Predicts the run's test split; writes predictions.csv and metrics.json.
+
+    Raises:
+        DatasetError: the test split is empty, or holds a class the run does not know.
+        ImageError: a test image can no longer be read.
+    """
     if model is None:
         from core.model_import import load_run_model
 
         model = load_run_model(run.path)
-    if index is None:
-        hp = run.meta.get("hyperparameters") or {}
-        index = data_lib.scan_dataset(
-            run.meta["dataset"], hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15),
-            seed=run.meta.get("seed", 0), group_split=hp.get("group_split", False),
-        )
-    test = index.split("test")
+    test = index.split("test") if index is not None else test_split_of(run)
     if not len(test):
-        raise ValueError(f"The dataset {index.root} has no test images to evaluate on.")
-    size = input_size(model)
-    probs = np.concatenate(
-        [
-            predict_proba(model, data_lib.load_images(list(test["path"][i : i + batch_size]), size))
-            for i in range(0, len(test), batch_size)
-        ]
-    )
-    class_names = run.class_names or index.class_names
+        raise data_lib.DatasetError(f"The dataset {run.meta.get('dataset')} has no test images to evaluate on.")
+    class_names = run.class_names or sorted(set(test["class_name"]))
     order = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(test["class_name"]) - set(order))
+    if unknown:
+        raise data_lib.DatasetError(f"The test split holds classes the model does not know: {unknown}")
     labels = [order[c] for c in test["class_name"]]  # the model's output order, which may differ from the folders'
-    predictions = evaluation.predictions_frame(test["path"], labels, probs, class_names)
+    size = input_size(model)
+    paths = list(test["path"])
+    probs = np.concatenate(
+        [predict_proba(model, data_lib.load_images(paths[i : i + batch_size], size)) for i in range(0, len(paths), batch_size)]
+    )
+    predictions = evaluation.predictions_frame(paths, labels, probs, class_names)
     metrics = evaluation.compute_metrics(predictions)
     runs.atomic_write_csv(run.file(runs.PREDICTIONS_FILE), predictions)
     runs.atomic_write_json(run.file(runs.METRICS_FILE), metrics)

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.data import DatasetError, load_image
+from core.data import DatasetError, ImageError, load_thumbnail
 from ui import charts
 from ui.common import dataset_index, folder_input, run_picker, setup_page
 
@@ -17,11 +17,13 @@ if source == "Another folder":
     if folder is None:
         st.info("Type the path of an image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
         st.stop()
-    folder, seed = str(folder), 0
-else:
-    folder, seed, group_split = run.meta["dataset"], run.meta.get("seed", 0), (run.meta.get("hyperparameters") or {}).get("group_split", False)
+    folder, seed, fractions = str(folder), 0, (0.15, 0.15)
+else:  # the split settings the run was trained with
+    hp = run.meta.get("hyperparameters") or {}
+    folder, seed, group_split = run.meta["dataset"], run.meta.get("seed", 0), hp.get("group_split", False)
+    fractions = (hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15))
 try:
-    index = dataset_index(folder, seed, group_split)
+    index = dataset_index(folder, seed, group_split, *fractions)
 except DatasetError as exc:
     st.error(f"This folder cannot be used as a dataset: {exc}")
     st.stop()
@@ -54,4 +56,7 @@ for class_name in index.class_names:
     st.markdown(f"**{class_name}**")
     columns = st.columns(per_class)
     for column, path in zip(columns, rows["path"]):
-        column.image(load_image(path), width="stretch")
+        try:
+            column.image(load_thumbnail(path), width="stretch")
+        except (ImageError, OSError) as exc:
+            column.caption(f"unreadable now: {exc}")

@@ -6,12 +6,11 @@ import numpy as np
 import streamlit as st
 
 from core.data import IMAGE_EXTENSIONS, ImageError, load_image
+from core.evaluation import filter_predictions
 from core.runs import RunError
 from core.visualize import COLORMAPS, colorize, overlay
 from ui import charts
 from ui.common import conv_layers, explanations, model, predictions, require_run, setup_page
-
-METHOD_TITLES = {"gradcam": "Grad-CAM", "occlusion": "Occlusion sensitivity", "vanilla_gradients": "Vanilla gradients"}
 
 setup_page("Explainer", ":material/visibility:")
 run = require_run()
@@ -21,7 +20,7 @@ try:
 except RunError as exc:
     st.error(str(exc))
     st.stop()
-from core.explain import METHODS  # noqa: E402  (imports TensorFlow: after the cheap checks)
+from core.explain import METHODS, describe  # noqa: E402  (imports TensorFlow: after the cheap checks)
 from core.models import ModelError, input_size  # noqa: E402
 
 try:
@@ -30,6 +29,7 @@ except ModelError as exc:
     st.error(f"The model of this run cannot be loaded: {exc}")
     st.stop()
 height, width = input_size(net)
+titles = {method: describe(method)["title"] for method in METHODS}
 
 # ---- the image -----------------------------------------------------------------------------------
 source = st.radio("Image", ["Test image", "Upload"], horizontal=True, key="image_source")
@@ -37,11 +37,7 @@ if source == "Test image":
     left, right, pick = st.columns([1, 1, 2])
     class_filter = left.selectbox("True class", ["All"] + class_names, key="class_filter")
     outcome = right.selectbox("Outcome", ["All", "Correct", "Incorrect"], key="outcome_filter")
-    subset = frame
-    if class_filter != "All":
-        subset = subset[subset["true_class"] == class_filter]
-    if outcome != "All":
-        subset = subset[subset["correct"] == (outcome == "Correct")]
+    subset = filter_predictions(frame, None if class_filter == "All" else class_filter, outcome.lower())
     if subset.empty:
         st.info("No test image matches these filters.")
         st.stop()
@@ -74,16 +70,22 @@ else:
 # ---- controls -------------------------------------------------------------------------------------
 with st.sidebar:
     st.header("Explanation settings")
-    methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=lambda m: METHOD_TITLES.get(m, m), key="methods")
+    methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=titles.get, key="methods")
     target = st.selectbox("Target class", ["Predicted class"] + class_names, key="target_class")
     layers = conv_layers(run)
     layer_name = st.selectbox("Grad-CAM layer", layers, index=len(layers) - 1, key="gradcam_layer") if layers else None
-    patch_size = st.slider("Occlusion patch size (px)", 2, max(2, min(height, width) // 2), max(2, min(height, width) // 8), key="patch_size")
+    # Patches of at least 1/32 of the side keep occlusion to at most 32 x 32 = 1,024 forward passes.
+    side = min(height, width)
+    low, high = max(1, side // 32), max(1, side // 2)
+    patch_size = (
+        st.slider("Occlusion patch size (px)", low, high, max(low, side // 8), key="patch_size") if high > low else low
+    )
     alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
     colormap = st.selectbox("Colormap", COLORMAPS, key="colormap")
 
 class_index = None if target == "Predicted class" else class_names.index(target)
-params = {"occlusion": {"patch_size": patch_size}}
+# Occluded copies per forward pass: about 4 million pixels, so memory stays bounded at any input size.
+params = {"occlusion": {"patch_size": int(patch_size), "batch_size": int(max(1, min(64, 2**22 // (height * width))))}}
 if layer_name:
     params["gradcam"] = {"layer_name": layer_name}
 with st.spinner("Explaining…"):
@@ -107,7 +109,7 @@ if not methods:
 st.subheader("Explanations")
 for column, result in zip(st.columns(len(results)), results):
     with column:
-        st.markdown(f"**{METHOD_TITLES.get(result.method, result.method)}**")
+        st.markdown(f"**{titles.get(result.method, result.method)}**")
         if result.error:
             st.error(result.error)
             continue

@@ -6,16 +6,10 @@ from pathlib import Path
 import streamlit as st
 
 from core import runs
+from core.catalog import PREPROCESSING_DESCRIPTIONS as PREPROCESSING
 from core.data import DatasetError
 from ui.common import folder_input, setup_page, workspace
 
-PREPROCESSING = {
-    "raw": "pixels 0-255 as they are",
-    "unit": "pixels / 255 (0-1)",
-    "symmetric": "pixels / 127.5 - 1 (-1..1)",
-    "caffe": "BGR, ImageNet mean subtracted (Keras ResNet50, VGG16)",
-    "torch": "0-1, then ImageNet mean/std (PyTorch style)",
-}
 
 setup_page("Import a model", ":material/upload_file:")
 st.markdown(
@@ -26,9 +20,9 @@ st.markdown(
 kind = st.radio("Model", ["Upload a .keras or .h5 file", "A file or SavedModel folder on this machine"], key="import_kind")
 upload = path = None
 if kind.startswith("Upload"):
-    upload = st.file_uploader("Model file", type=["keras", "h5"], key="model_upload")
+    upload = st.file_uploader("Model file", type=["keras", "h5", "hdf5"], key="model_upload")
 else:
-    path = folder_input("Model path (.keras, .h5 or SavedModel folder)", "model_path")
+    path = folder_input("Model path (.keras, .h5 or SavedModel folder)", "model_path", file_suffixes=(".keras", ".h5", ".hdf5"))
 data = folder_input("Image folder with the classes the model predicts", "import_data")
 preprocess = st.selectbox("Preprocessing the model expects", list(PREPROCESSING), format_func=lambda k: f"{k}: {PREPROCESSING[k]}", key="import_preprocess")
 class_names = st.text_input("Class names in the model's output order (comma-separated; default: folder names sorted)", key="import_classes")
@@ -36,7 +30,7 @@ name = st.text_input("Run name", key="import_name")
 
 if st.button("Import and evaluate", type="primary", key="import_button"):
     from core.models import ModelError
-    from core.training import import_run
+    from core.model_import import import_run
 
     if data is None or (upload is None and path is None):
         st.error("Choose a model and an image folder first.")

@@ -25,6 +25,7 @@ def test_every_page_in_a_real_browser(app_workspace, tmp_path):
         # Home: the current run at a glance.
         open_page(page, url)
         page.get_by_text("Current run").wait_for()
+        _settle(page, '[data-testid="stMetric"]', 4)
         assert page.locator('[data-testid="stMetric"]').count() == 4
         assert "compact_cnn" in page.locator('[data-testid="stMetric"]').first.inner_text()
         nav = page.locator('[data-testid="stSidebarNav"]')

@@ -416,3 +416,25 @@ def test_16_bit_values_map_to_the_same_grey_in_every_image(tmp_path):
         path = tmp_path / f"v{value}.png"
         Image.fromarray(np.full((4, 4), value, dtype=np.uint16)).save(path)
         assert np.unique(load_image(path)).tolist() == [grey]
+
+
+def _ico_with_bad_ihdr() -> bytes:
+    """A 16x16 ICO whose embedded PNG header is cut short: Pillow raises a bare ValueError on it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buffer, format="ICO")
+    raw = bytearray(buffer.getvalue())
+    raw[33] = 0
+    return bytes(raw)
+
+
+def test_any_decoder_error_becomes_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match="Truncated IHDR chunk"):
+        load_image(_ico_with_bad_ihdr())
+    root = tmp_path / "ds"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / name / "ok.png")
+    (root / "a" / "evil.png").write_bytes(_ico_with_bad_ihdr())
+    index = scan_dataset(root)
+    assert len(index.records) == 2
+    assert [Path(p).name for p, _ in index.skipped] == ["evil.png"]

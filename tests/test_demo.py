@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 
 import numpy as np
@@ -36,11 +38,40 @@ def test_full_demo_reaches_the_accuracy_target(tmp_path):
 
 
 def test_demo_lock_refuses_a_second_creator(tmp_path):
-    (tmp_path / demo.LOCK_FILE).write_text(str(os.getpid()))  # this live process holds the lock
-    assert demo.demo_in_progress(tmp_path)
-    with pytest.raises(RuntimeError, match="already being created"):
-        demo.create_demo_run(tmp_path, per_class=6, epochs=1)
+    holder = subprocess.Popen(["sleep", "60"])  # another live process holds the lock
+    try:
+        (tmp_path / demo.LOCK_FILE).write_text(str(holder.pid))
+        assert demo.demo_in_progress(tmp_path)
+        with pytest.raises(RuntimeError, match="already being created"):
+            demo.create_demo_run(tmp_path, per_class=6, epochs=1)
+    finally:
+        holder.kill()
+        holder.wait()
     (tmp_path / demo.LOCK_FILE).write_text("999999999")  # a dead process: the stale lock is taken over
+    assert not demo.demo_in_progress(tmp_path)
+
+
+def test_a_zombie_holder_counts_as_ended(tmp_path):
+    """A child that ended but was not reaped yet must not keep the demo 'in progress' forever."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and open(f"/proc/{child.pid}/stat").read().split(")")[-1].split()[0] != "Z":
+        time.sleep(0.05)
+    (tmp_path / demo.LOCK_FILE).write_text(str(child.pid))
+    assert runs.pid_alive(os.getpid()) and not runs.pid_alive(child.pid)
+    assert not demo.demo_in_progress(tmp_path)
+    child.wait()
+
+
+def test_the_page_writes_the_child_pid_into_the_lock(tmp_path):
+    """The real `python -m core demo` child, stopped before it gets far: the lock names it at once."""
+    process = demo.start_demo_process(tmp_path)
+    try:
+        assert (tmp_path / demo.LOCK_FILE).read_text() == str(process.pid)
+        assert demo.demo_status(tmp_path)["in_progress"] is True  # the page shows progress, not the button
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     assert not demo.demo_in_progress(tmp_path)
 
 

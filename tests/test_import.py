@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,9 +14,9 @@ from keras import layers
 from core import runs
 from core.data import generate_shapes_dataset, load_images
 from core.explain import ExplanationError, conv_layer_names, explain
-from core.model_import import UnsafeModelError, load_run_model, wrap_for_pixels
+from core.model_import import UnsafeModelError, load_run_model, load_user_model, wrap_for_pixels
 from core.models import ModelError, PixelPreprocessing, predict_proba
-from core.training import import_run
+from core.model_import import import_run
 
 SIZE = 16
 
@@ -193,3 +194,63 @@ def test_bad_preprocessing_and_input_shapes(shapes):
     flexible = keras.Model(*(lambda i: (i, layers.Dense(3)(layers.GlobalAveragePooling2D()(i))))(keras.Input((None, None, 3))))
     with pytest.raises(ModelError, match="fixed size"):
         wrap_for_pixels(flexible, "unit", 3)
+
+
+def test_savedmodel_that_copies_a_file_through_tf_data_is_refused(tmp_path, shapes):
+    """The reviewer's bypass of a short ban-list: tf.data reads one file and a TFRecord writer writes another."""
+    secret, target = tmp_path / "secret.txt", tmp_path / "copied.tfrecord"
+    secret.write_text("password")
+
+    class Copier(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)])
+        def serve(self, x):
+            lines = tf.data.TextLineDataset(str(secret))
+            tf.data.experimental.TFRecordWriter(str(target)).write(lines)
+            return tf.reduce_mean(x, axis=[1, 2])
+
+    module = Copier()
+    tf.saved_model.save(module, str(tmp_path / "copier"), signatures={"serving_default": module.serve})
+    with pytest.raises(UnsafeModelError, match="Dataset"):
+        import_run(tmp_path / "ws", tmp_path / "copier", shapes, "unit")
+    assert not target.exists()
+
+
+def test_logit_outputs_get_their_activation(tmp_path, shapes, two_shapes):
+    images = np.random.default_rng(1).uniform(0, 255, (5, SIZE, SIZE, 3)).astype(np.float32)
+    binary = wrap_for_pixels(_small_cnn(classes=1, activation=None), "unit", 2)
+    probs = predict_proba(binary, images)
+    assert probs.min() >= 0 and probs.max() <= 1
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # A SavedModel has no declared activation: a probe batch tells logits from probabilities.
+    logits_model = _small_cnn(activation=None)
+    logits_model.layers[-1].set_weights([w * 50 for w in logits_model.layers[-1].get_weights()])
+    logits_model.export(tmp_path / "logits", verbose=False)
+    wrapped = wrap_for_pixels(load_user_model(tmp_path / "logits"), "unit", 3)
+    probs = predict_proba(wrapped, images)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, tf.nn.softmax(logits_model(images / 255.0)).numpy(), atol=1e-5)
+    probabilities_model = _small_cnn()
+    probabilities_model.export(tmp_path / "probs", verbose=False)
+    untouched = wrap_for_pixels(load_user_model(tmp_path / "probs"), "unit", 3)
+    np.testing.assert_allclose(predict_proba(untouched, images), probabilities_model(images / 255.0), atol=1e-5)
+
+
+def test_hostile_or_unusual_model_files_get_messages(tmp_path, shapes):
+    import zipfile
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layers.GlobalAveragePooling2D()(inputs)
+    keras.Model(inputs, [layers.Dense(3)(x), layers.Dense(3)(x)]).save(tmp_path / "two_outputs.keras")
+    with pytest.raises(ModelError, match="one output"):
+        import_run(tmp_path / "ws", tmp_path / "two_outputs.keras", shapes, "unit")
+    with zipfile.ZipFile(tmp_path / "deep.keras", "w") as archive:
+        archive.writestr("config.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelError, match="nested too deeply|not a readable Keras model file"):
+        import_run(tmp_path / "ws", tmp_path / "deep.keras", shapes, "unit")
+    marker = str(tmp_path / "activation_ran.txt")
+    lambda_activation = keras.Model(inputs, layers.Dense(3, activation=lambda t: (open(marker, "w"), t)[1])(x))
+    lambda_activation.save(tmp_path / "lambda_activation.keras")
+    Path(marker).unlink(missing_ok=True)
+    with pytest.raises(UnsafeModelError, match="__lambda__"):
+        import_run(tmp_path / "ws", tmp_path / "lambda_activation.keras", shapes, "unit")
+    assert not Path(marker).exists()

@@ -82,3 +82,10 @@ def test_a_killed_training_process_shows_as_failed(tmp_path, tiny_data):
     (run,) = runs.list_runs(tmp_path)
     assert run.status == runs.FAILED and "stopped unexpectedly" in run.meta["error"]
     assert jobs.active_runs(tmp_path) == []
+
+
+def test_a_run_name_with_a_slash_gives_a_safe_log_name(tmp_path):
+    process = jobs.start(["dataset", "--help"], tmp_path, "train-a/../b.log")
+    assert process.wait(timeout=60) == 0
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["train-a-..-b.log"]
+    assert "usage" in (tmp_path / "logs" / "train-a-..-b.log").read_text()

@@ -268,3 +268,46 @@ def test_import_page_uploads_a_model_and_refuses_a_mismatch(app_workspace, monke
     assert any("Imported as run" in s.value for s in at.success)
     imported = [r for r in runs.list_runs(workspace) if r.meta.get("source") == "imported" and r.is_complete]
     assert len(imported) == 1 and imported[0].meta["preprocessing"] == "raw"
+
+
+def test_import_page_takes_a_model_file_path(app_workspace, monkeypatch, tmp_path):
+    import shutil
+
+    from core import runs
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    good, _ = _save_models(workspace)  # inside the workspace: a data root
+    at = _open("pages/5_Import_model.py", workspace, monkeypatch)
+    at.radio(key="import_kind").set_value("A file or SavedModel folder on this machine").run()
+    at.text_input(key="model_path").set_value(str(good)).run()
+    at.text_input(key="import_data").set_value(str(workspace / "datasets" / "shapes")).run()
+    assert not at.error, [e.value for e in at.error]
+    at.button(key="import_button").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Imported as run" in s.value for s in at.success)
+    assert any(r.meta.get("imported_from") == str(good.resolve()) for r in runs.list_runs(workspace))
+    at.text_input(key="model_path").set_value(str(workspace / "notes.txt")).run()
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_evaluation_page_shows_new_metrics_after_re_evaluation(app_workspace, monkeypatch, tmp_path):
+    import shutil
+
+    from core import runs
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(app_workspace, workspace)
+    at = _open("pages/3_Evaluation.py", workspace, monkeypatch)
+    run = runs.latest_complete_run(workspace)
+    metrics = runs.load_metrics(run)
+    assert {m.label: m.value for m in at.metric}["Test accuracy"] == f"{metrics['accuracy']:.3f}"
+    runs.atomic_write_json(run.file(runs.METRICS_FILE), {**metrics, "accuracy": 0.123})  # as `core evaluate` would
+    at = _open("pages/3_Evaluation.py", workspace, monkeypatch)
+    assert {m.label: m.value for m in at.metric}["Test accuracy"] == "0.123"
+
+
+def test_occlusion_patch_size_is_bounded_by_the_input_size(app_workspace, monkeypatch):
+    at = _explainer(app_workspace, monkeypatch)
+    slider = at.slider(key="patch_size")
+    assert (slider.min, slider.max, slider.value) == (1, 24, 6)  # 48 px input: side/32 .. side/2, default side/8

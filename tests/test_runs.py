@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 
 from core import runs
@@ -100,7 +101,7 @@ def test_create_read_update_run(tmp_path):
     assert runs.read_run(run.path).meta == updated.meta
     assert updated.label == f"{run.id} (compact_cnn, complete, test accuracy 0.875)"
 
-    failed = runs.mark_failed(updated, "boom")
+    failed = runs.mark_stopped(updated, "boom")
     assert failed.status == runs.FAILED and failed.meta["error"] == "boom" and failed.meta["finished_at"]
     assert leftovers(run.path) == []
 
@@ -227,3 +228,15 @@ def test_workspace_dir_precedence(tmp_path, monkeypatch):
     assert runs.workspace_dir(tmp_path / "explicit") == tmp_path.resolve() / "explicit"
     monkeypatch.setenv("XAI_WORKSPACE", "relative-ws")
     assert runs.workspace_dir() == tmp_path.resolve() / "relative-ws"
+
+
+def test_class_names_that_look_like_numbers_or_missing_values_stay_text(tmp_path):
+    from core.evaluation import predictions_frame
+
+    names = ["0", "1", "NA", "None"]
+    run = runs.create_run(tmp_path, "text", {"class_names": names})
+    frame = predictions_frame(["a.png", "b.png", "c.png", "d.png"], [0, 1, 2, 3], np.eye(4), names)
+    runs.atomic_write_csv(run.file(runs.PREDICTIONS_FILE), frame)
+    loaded = runs.load_predictions(run)
+    assert loaded["true_class"].tolist() == names and loaded["pred_class"].tolist() == names
+    assert (loaded["true_class"] == "0").sum() == 1

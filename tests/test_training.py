@@ -98,8 +98,11 @@ def test_train_writes_metrics(tiny_trained_run):
 def test_train_leaves_only_finished_files(tiny_trained_run):
     names = sorted(p.name for p in tiny_trained_run.path.iterdir())
     assert names == sorted(
-        ["run.json", "model.keras", "history.csv", "predictions.csv", "metrics.json", "progress.json"]
+        ["run.json", "model.keras", "history.csv", "predictions.csv", "metrics.json", "progress.json", "splits.csv"]
     )
+    splits = pd.read_csv(tiny_trained_run.file(training.SPLITS_FILE))
+    test_paths = splits.loc[splits["split"] == "test", "path"].tolist()
+    assert test_paths == runs.load_predictions(tiny_trained_run)["path"].tolist()  # evaluated on the recorded split
     progress = runs.read_progress(tiny_trained_run)
     assert progress["epoch"] == 2 and progress["epochs"] == 2 and progress["step"] == progress["steps"] == 3
 
@@ -123,10 +126,41 @@ def test_evaluate_rewrites_predictions_and_metrics(copied_run):
 # Failures and cancellation
 
 
-def test_unknown_architecture_marks_the_run_failed(tmp_path, tiny_shapes_dir):
-    config = TrainingConfig(arch="no_such_net", epochs=1, image_size=32, batch_size=8)
-    with pytest.raises(ModelError, match="Unknown architecture"):
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (TrainingConfig(arch="no_such_net", epochs=1, image_size=32), "Unknown architecture"),
+        (TrainingConfig(arch="compact_cnn", weights="imagenet", image_size=32), "compact_cnn has no pre-trained weights"),
+    ],
+)
+def test_bad_configurations_are_refused_before_any_run_exists(tmp_path, tiny_shapes_dir, config, message):
+    with pytest.raises(ValueError, match=message):
         training.train(tmp_path, tiny_shapes_dir, config)
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_a_dataset_too_small_for_a_test_split_is_refused_up_front(tmp_path):
+    from core.data import DatasetError, generate_shapes_dataset
+
+    folder = tmp_path / "few"
+    source = generate_shapes_dataset(tmp_path / "src", per_class=3, image_size=16, seed=0)
+    for class_dir in (source / "train").iterdir():  # class layout, 2 images per class: 15% rounds to 0
+        (folder / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.png"))[:2]:
+            (folder / class_dir.name / image.name).write_bytes(image.read_bytes())
+    with pytest.raises(DatasetError, match="test split .* would be empty"):
+        training.train(tmp_path / "ws", folder, TrainingConfig(epochs=1, image_size=16))
+    assert runs.list_runs(tmp_path / "ws") == []
+
+
+def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path, tiny_shapes_dir, monkeypatch):
+    """A failure inside training (here: building the model) marks the run failed with a traceback."""
+    def refuse(*args, **kwargs):
+        raise ModelError("Unknown architecture for this test")
+
+    monkeypatch.setattr(training, "build_model", refuse)
+    with pytest.raises(ModelError, match="Unknown architecture"):
+        training.train(tmp_path, tiny_shapes_dir, TrainingConfig(epochs=1, image_size=32, batch_size=8))
     (run,) = runs.list_runs(tmp_path)
     assert run.status == runs.FAILED
     assert run.meta["error"].startswith("ModelError: Unknown architecture")

@@ -1,7 +1,8 @@
 """The only Streamlit glue: page setup, the shared run picker, cached loaders.
 
-Cache keys always include the run id and the model file's modification time, so a retrained or
-re-imported run never serves stale results. TensorFlow is imported only inside the loaders that need it.
+Cache keys include the run folder and the modification time and size of the file each result comes
+from (the model for models and explanations), so a retrained, re-evaluated or re-imported run is
+read again. TensorFlow is imported only inside the loaders that need it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def _remember_choice() -> None:
     st.session_state[SELECTED_RUN] = st.session_state[PICKER_KEY]
 
 
-def run_picker(only_complete: bool = True) -> runs.Run | None:
-    """The sidebar run picker shared by every page; default: the newest complete run."""
-    available = [r for r in runs.list_runs(workspace()) if r.is_complete or not only_complete]
+def run_picker() -> runs.Run | None:
+    """The sidebar run picker shared by every page (complete runs); default: the newest."""
+    available = [r for r in runs.list_runs(workspace()) if r.is_complete]
     if not available:
         return None
     by_id = {r.id: r for r in available}
@@ -64,14 +65,14 @@ def require_run() -> runs.Run:
     return run
 
 
-def model_stamp(run: runs.Run) -> float:
+def model_stamp(run: runs.Run) -> int:
     """Changes whenever the run's model changes (model.keras, or an imported SavedModel's folder)."""
     for candidate in (run.model_path, run.path / "savedmodel" / "saved_model.pb"):
         try:
-            return candidate.stat().st_mtime
+            return candidate.stat().st_mtime_ns
         except OSError:
             continue
-    return 0.0
+    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,41 +80,50 @@ def model_stamp(run: runs.Run) -> float:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _history(run_path: str, stamp: float):
+def _history(run_path: str, stamp: tuple):
     return runs.load_history(runs.read_run(run_path))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _predictions(run_path: str, stamp: float):
+def _predictions(run_path: str, stamp: tuple):
     return runs.load_predictions(runs.read_run(run_path))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _metrics(run_path: str, stamp: float):
+def _metrics(run_path: str, stamp: tuple):
     return runs.load_metrics(runs.read_run(run_path))
 
 
+def _file_stamp(run: runs.Run, name: str) -> tuple:
+    """(modification time, size) of one run file: re-evaluating or retraining changes it."""
+    try:
+        stat = run.file(name).stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
 def history(run: runs.Run):
-    return _history(str(run.path), model_stamp(run))
+    return _history(str(run.path), _file_stamp(run, runs.HISTORY_FILE))
 
 
 def predictions(run: runs.Run):
-    return _predictions(str(run.path), model_stamp(run))
+    return _predictions(str(run.path), _file_stamp(run, runs.PREDICTIONS_FILE))
 
 
 def metrics(run: runs.Run):
-    return _metrics(str(run.path), model_stamp(run))
+    return _metrics(str(run.path), _file_stamp(run, runs.METRICS_FILE))
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16, ttl=600)
-def dataset_index(dataset_path: str, seed: int, group_split: bool = False):
+def dataset_index(dataset_path: str, seed: int, group_split: bool = False, val_fraction: float = 0.15, test_fraction: float = 0.15):
     from core.data import scan_dataset
 
-    return scan_dataset(dataset_path, seed=seed, group_split=group_split)
+    return scan_dataset(dataset_path, val_fraction, test_fraction, seed=seed, group_split=group_split)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def _model(run_path: str, stamp: float):
+def _model(run_path: str, stamp: int):
     from core.model_import import load_run_model
 
     return load_run_model(run_path)
@@ -125,7 +135,7 @@ def model(run: runs.Run):
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _conv_layers(run_path: str, stamp: float) -> list[str]:
+def _conv_layers(run_path: str, stamp: int) -> list[str]:
     from core.explain import conv_layer_names
 
     return conv_layer_names(_model(run_path, stamp))
@@ -137,7 +147,7 @@ def conv_layers(run: runs.Run) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _explanations(run_path: str, stamp: float, image: np.ndarray, methods: tuple, class_index, params_json: str):
+def _explanations(run_path: str, stamp: int, image: np.ndarray, methods: tuple, class_index, params_json: str):
     from core.compare import explain_side_by_side
 
     return explain_side_by_side(_model(run_path, stamp), image, list(methods), class_index, json.loads(params_json))
@@ -150,8 +160,9 @@ def explanations(run: runs.Run, image: np.ndarray, methods, class_index, params:
     )
 
 
-def folder_input(label: str, key: str, default: str = "") -> Path | None:
-    """A text input for a folder inside the data roots; shows the reason and returns None when refused."""
+def folder_input(label: str, key: str, default: str = "", file_suffixes: tuple[str, ...] = ()) -> Path | None:
+    """A text input for a folder (or a file with one of ``file_suffixes``) inside the data roots; shows
+    the reason and returns None when the path is refused."""
     from core.paths import DataRootError, data_roots, resolve_within
 
     roots = data_roots(workspace())
@@ -159,11 +170,12 @@ def folder_input(label: str, key: str, default: str = "") -> Path | None:
     if not text.strip():
         return None
     try:
-        folder = resolve_within(text, roots)
+        path = resolve_within(text, roots)
     except DataRootError as exc:
         st.error(str(exc))
         return None
-    if not folder.is_dir():
-        st.error(f"{folder} is not a folder.")
-        return None
-    return folder
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in file_suffixes):
+        return path
+    expected = "a folder" + (f" or a {'/'.join(file_suffixes)} file" if file_suffixes else "")
+    st.error(f"{path} is not {expected}." if path.exists() else f"{path} does not exist.")
+    return None

@@ -90,7 +90,8 @@ def conv_layer_names(model) -> list[str]:
     """Names of every layer with a 4-D output (N, H, W, C), in network order.
 
     Layers inside a nested sub-model (the backbone of a transfer-learning model) are listed by their
-    plain inner name, in place of the sub-model. Every name is a valid ``layer_name`` for Grad-CAM.
+    plain inner name, in place of the sub-model; a name used twice (in two sub-models) is listed as its
+    ``"outer/inner"`` path. Every name is a valid ``layer_name`` for Grad-CAM.
 
     Args:
         model: a Functional or Sequential `keras.Model`.
@@ -102,7 +103,10 @@ def conv_layer_names(model) -> list[str]:
         >>> conv_layer_names(build_model("compact_cnn", 3, 64))[-1]
         'top_conv'
     """
-    return [path[-1] for path in conv_layer_paths(model)]
+    paths = conv_layer_paths(model)
+    plain = [path[-1] for path in paths]
+    all_names = [path[-1] for path, _ in _walk(model)] if paths else []
+    return [name if all_names.count(name) == 1 else "/".join(path) for name, path in zip(plain, paths)]
 
 
 def default_layer_name(model) -> str | None:
