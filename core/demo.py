@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core import data as data_lib
-from core import runs
+from core import runs, shapes
 
 DEMO_NAME = "demo-shapes"
 DEMO_DATASET = "demo_shapes"
@@ -30,12 +29,12 @@ def ensure_demo_dataset(workspace, per_class: int = DEMO_PER_CLASS, seed: int = 
     marker = root / "dataset.json"
     if marker.exists():
         return root
-    data_lib.generate_shapes_dataset(root, per_class=per_class, image_size=DEMO_IMAGE_SIZE, seed=seed)
+    shapes.generate_shapes_dataset(root, per_class=per_class, image_size=DEMO_IMAGE_SIZE, seed=seed)
     runs.atomic_write_json(
         marker,
         {
             "name": DEMO_DATASET,
-            "classes": list(data_lib.DEMO_CLASSES),
+            "classes": list(shapes.DEMO_CLASSES),
             "per_class": per_class,
             "image_size": DEMO_IMAGE_SIZE,
             "seed": seed,

@@ -250,6 +250,8 @@ def train(
             train_split["path"], train_split["label"], size, config.batch_size, True, config.augment, config.seed
         )
         val_data = ImageBatches(val_split["path"], val_split["label"], size, config.batch_size)
+        if run.file(CANCEL_FILE).exists():  # cancelled while the images were loading
+            return runs.mark_stopped(run, "Cancelled by the user.", status=runs.CANCELLED)
         total_epochs = config.epochs + config.fine_tune_epochs
         recorder = RunRecorder(run, total_epochs, len(train_data), progress)
         best_path = run.path / ".best.weights.h5"

@@ -24,7 +24,7 @@ def app_workspace(tmp_path_factory) -> Path:
 
     Trained for real (a few seconds), so every page has history, predictions and metrics to show.
     """
-    from core.data import generate_shapes_dataset
+    from core.shapes import generate_shapes_dataset
     from core.training import TrainingConfig, train
 
     workspace = tmp_path_factory.mktemp("app_workspace")
@@ -48,7 +48,7 @@ TINY_IMAGE_SIZE = 32
 @pytest.fixture(scope="session")
 def tiny_shapes_dir(tmp_path_factory) -> Path:
     """The synthetic shapes dataset, 12 images per class at 32x32 (8 train / 2 val / 2 test per class)."""
-    from core.data import generate_shapes_dataset
+    from core.shapes import generate_shapes_dataset
 
     return generate_shapes_dataset(
         tmp_path_factory.mktemp("tiny_shapes"), per_class=TINY_PER_CLASS, image_size=TINY_IMAGE_SIZE, seed=0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import data
+from core import data, shapes
 from core.data import DatasetError, ImageError, load_image, scan_dataset
 
 
@@ -374,9 +374,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_generate_shapes_dataset_is_deterministic(tmp_path):
-    first = _files(data.generate_shapes_dataset(tmp_path / "a", per_class=6, image_size=24, seed=7))
-    second = _files(data.generate_shapes_dataset(tmp_path / "b", per_class=6, image_size=24, seed=7))
-    other = _files(data.generate_shapes_dataset(tmp_path / "c", per_class=6, image_size=24, seed=8))
+    first = _files(shapes.generate_shapes_dataset(tmp_path / "a", per_class=6, image_size=24, seed=7))
+    second = _files(shapes.generate_shapes_dataset(tmp_path / "b", per_class=6, image_size=24, seed=7))
+    other = _files(shapes.generate_shapes_dataset(tmp_path / "c", per_class=6, image_size=24, seed=8))
     assert len(first) == 3 * 6 * 2  # images and masks
     assert first == second
     assert first.keys() == other.keys()
@@ -385,11 +385,11 @@ def test_generate_shapes_dataset_is_deterministic(tmp_path):
 
 def test_generate_shapes_dataset_layout_and_masks(tiny_shapes_dir):
     index = scan_dataset(tiny_shapes_dir)
-    assert index.class_names == list(data.DEMO_CLASSES)
-    assert index.counts().to_dict(orient="index") == {c: {"train": 8, "val": 2, "test": 2} for c in data.DEMO_CLASSES}
+    assert index.class_names == list(shapes.DEMO_CLASSES)
+    assert index.counts().to_dict(orient="index") == {c: {"train": 8, "val": 2, "test": 2} for c in shapes.DEMO_CLASSES}
     assert index.skipped == []
     for path in index.records["path"]:
-        mask_path = data.mask_path_for(path, tiny_shapes_dir)
+        mask_path = shapes.mask_path_for(path, tiny_shapes_dir)
         assert mask_path == tiny_shapes_dir / "masks" / Path(path).relative_to(tiny_shapes_dir)
         image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
         mask = np.asarray(Image.open(mask_path))
@@ -405,9 +405,9 @@ def test_generate_shapes_dataset_layout_and_masks(tiny_shapes_dir):
 def test_mask_path_for_relative_paths(tmp_path):
     root = tmp_path / "ds"
     image = root / "test" / "circle" / "circle_0001.png"
-    assert data.mask_path_for(image, root) == root / "masks" / "test" / "circle" / "circle_0001.png"
+    assert shapes.mask_path_for(image, root) == root / "masks" / "test" / "circle" / "circle_0001.png"
     with pytest.raises(ValueError):
-        data.mask_path_for(tmp_path / "elsewhere.png", root)
+        shapes.mask_path_for(tmp_path / "elsewhere.png", root)
 
 
 def test_16_bit_values_map_to_the_same_grey_in_every_image(tmp_path):

@@ -12,7 +12,8 @@ import tensorflow as tf
 from keras import layers
 
 from core import runs
-from core.data import generate_shapes_dataset, load_images
+from core.data import load_images
+from core.shapes import generate_shapes_dataset
 from core.explain import ExplanationError, conv_layer_names, explain
 from core.model_import import UnsafeModelError, load_run_model, load_user_model, wrap_for_pixels
 from core.models import ModelError, PixelPreprocessing, predict_proba

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from core import jobs, runs
-from core.data import generate_shapes_dataset
+from core.shapes import generate_shapes_dataset
 from core.training import TrainingConfig
 
 

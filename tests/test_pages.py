@@ -218,7 +218,7 @@ def test_explainer_refuses_bad_uploads_with_a_message(app_workspace, monkeypatch
 
 
 def test_dataset_page_on_another_folder(app_workspace, monkeypatch, tmp_path):
-    from core.data import generate_shapes_dataset
+    from core.shapes import generate_shapes_dataset
 
     folder = generate_shapes_dataset(app_workspace / "datasets" / "other", per_class=5, image_size=20, seed=3)
     (folder / "train" / "circle" / "broken.png").write_bytes(b"not a png")

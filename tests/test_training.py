@@ -140,7 +140,8 @@ def test_bad_configurations_are_refused_before_any_run_exists(tmp_path, tiny_sha
 
 
 def test_a_dataset_too_small_for_a_test_split_is_refused_up_front(tmp_path):
-    from core.data import DatasetError, generate_shapes_dataset
+    from core.data import DatasetError
+    from core.shapes import generate_shapes_dataset
 
     folder = tmp_path / "few"
     source = generate_shapes_dataset(tmp_path / "src", per_class=3, image_size=16, seed=0)
@@ -312,3 +313,15 @@ def test_image_batches(tmp_path):
     for i in range(1, 5):  # each image keeps its own colour (it stays with its label)
         assert 0 < images[i].max() <= originals[i].max()
     np.testing.assert_array_equal(augmented.cache, originals)  # augmenting a batch leaves the cache alone
+
+
+def test_a_cancel_during_image_loading_stops_before_the_first_epoch(tmp_path, tiny_shapes_dir):
+    def cancel_while_loading(info):
+        if info.get("stage") == "loading":
+            (run,) = runs.list_runs(tmp_path)
+            run.file(training.CANCEL_FILE).touch()
+
+    run = training.train(tmp_path, tiny_shapes_dir, TrainingConfig(epochs=3, image_size=32, batch_size=8),
+                         progress=cancel_while_loading)
+    assert run.status == runs.CANCELLED
+    assert not run.file(runs.HISTORY_FILE).exists() and not run.model_path.exists()
