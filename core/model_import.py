@@ -13,12 +13,16 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from keras import layers
 
 from core.models import PREPROCESSING_MODES, ModelError, PixelPreprocessing
+
+if TYPE_CHECKING:
+    from core.runs import Run
 
 UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}  # __lambda__: a lambda activation
 # A SavedModel op whose type contains one of these reaches outside the computation (files, datasets,
@@ -328,7 +332,7 @@ def load_run_model(run_dir) -> keras.Model:
 
 def import_run(
     workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
-) -> runs.Run:
+) -> "Run":
     """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
 
     ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
