@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _add_workspace(parser):
@@ -19,8 +18,10 @@ def cmd_demo(args) -> int:
     workspace = runs.workspace_dir(args.workspace)
 
     run = demo.create_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
-    print(f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
-          f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}")
+    print(
+        f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
+        f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}"
+    )
     print(f"Saved in {run.path}")
     return 0
 
@@ -105,62 +106,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_explain(args) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from core import runs
-    from core.compare import explain_side_by_side
-    from core.data import load_image
-    from core.explain import METHODS
-    from core.model_import import load_run_model
-    from core.models import input_size
-    from core.visualize import colorize, overlay
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}. Expected some of {list(METHODS)}")
-    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
-    model = load_run_model(run.path)
-    image = load_image(args.image, input_size(model))
-    class_names = run.class_names
-    class_index = None
-    if args.class_name is not None:
-        if args.class_name not in class_names:
-            raise ValueError(f"Unknown class {args.class_name!r}. Expected one of {class_names}")
-        class_index = class_names.index(args.class_name)
-    params = {"occlusion": {"patch_size": args.patch_size}} if args.patch_size is not None else {}
-    if args.layer_name:
-        params["gradcam"] = {"layer_name": args.layer_name}
-    probs, results = explain_side_by_side(model, image, methods, class_index, params)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(out / "input.png")
-    target = int(np.argmax(probs)) if class_index is None else class_index
-    report = {
-        "run": run.id,
-        "image": str(args.image),
-        "predicted_class": class_names[int(np.argmax(probs))],
-        "target_class": class_names[target],
-        "probabilities": {c: float(p) for c, p in zip(class_names, probs)},
-        "methods": {},
-    }
-    for result in results:
-        entry = {"seconds": round(result.seconds, 4)}
-        if result.error:
-            entry["error"] = result.error
-        else:
-            np.save(out / f"{result.method}.npy", result.saliency)
-            Image.fromarray(colorize(result.saliency)).save(out / f"{result.method}_heatmap.png")
-            Image.fromarray(overlay(image, result.saliency, args.alpha)).save(out / f"{result.method}_overlay.png")
-            entry.update({"map": f"{result.method}.npy", "overlay": f"{result.method}_overlay.png"})
-        report["methods"][result.method] = entry
-    (out / "explanation.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0 if all(r.error is None for r in results) else 1
-
-
 def cmd_bench(args, rest) -> int:
     from core import bench
 
@@ -168,7 +113,9 @@ def cmd_bench(args, rest) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Train, evaluate and explain Keras image classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="Train, evaluate and explain Keras image classifiers."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="generate the synthetic shapes dataset, train the demo model, save the run")
@@ -185,21 +132,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on an image folder (transfer learning or from scratch)")
     p.add_argument("--data", required=True, help="image folder: DIR/<class>/... or DIR/{train,val,test}/<class>/...")
     p.add_argument("--arch", default="efficientnetb0", choices=ARCHITECTURE_NAMES)
-    p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"],
-                   help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        choices=["imagenet", "none"],
+        help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch",
+    )
     p.add_argument("--img-size", type=int, default=224, help="input size in pixels (square)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of the first phase")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the first phase")
     p.add_argument("--augment", action="store_true", help="random flips, crops and zoom while training")
-    p.add_argument("--class-weights", choices=["auto", "none"], default=None,
-                   help="auto: always weight classes by inverse frequency (default: only when imbalanced)")
-    p.add_argument("--fine-tune-epochs", type=int, default=0,
-                   help="epochs of a second phase: top of the backbone unfrozen, learning rate / 10")
+    p.add_argument(
+        "--class-weights",
+        choices=["auto", "none"],
+        default=None,
+        help="auto: always weight classes by inverse frequency (default: only when imbalanced)",
+    )
+    p.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=0,
+        help="epochs of a second phase: top of the backbone unfrozen, learning rate / 10",
+    )
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--group-split", action="store_true",
-                   help="keep each sub-folder of a class (one patient, say) in a single split")
+    p.add_argument(
+        "--group-split",
+        action="store_true",
+        help="keep each sub-folder of a class (one patient, say) in a single split",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None, help="a name for the run")
     _add_workspace(p)
@@ -207,8 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-model", help="create a run from a model you trained (.keras, .h5, SavedModel)")
     p.add_argument("model", help=".keras or .h5 file, or a SavedModel folder")
     p.add_argument("--data", required=True, help="image folder with a test split (or split here)")
-    p.add_argument("--preprocess", required=True, choices=PREPROCESSING_MODES,
-                   help="what the model expects: " + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING_DESCRIPTIONS.items()))
+    p.add_argument(
+        "--preprocess",
+        required=True,
+        choices=PREPROCESSING_MODES,
+        help="what the model expects: " + "; ".join(f"{k}: {v}" for k, v in PREPROCESSING_DESCRIPTIONS.items()),
+    )
     p.add_argument("--class-names", default=None, help="comma-separated, in the model's output order")
     p.add_argument("--name", default=None)
     _add_workspace(p)
@@ -217,16 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id (folder name under <workspace>/runs) or a run folder")
     _add_workspace(p)
 
-    p = sub.add_parser("explain", help="explain one image with several methods; write overlays, maps, JSON")
-    p.add_argument("run")
-    p.add_argument("--image", required=True)
-    p.add_argument("--methods", default="gradcam,occlusion,vanilla_gradients")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--class-name", default=None, help="class to explain (default: the predicted class)")
-    p.add_argument("--layer-name", default=None, help="Grad-CAM layer (default: the last 4-D layer)")
-    p.add_argument("--patch-size", type=int, default=None, help="occlusion patch size in pixels")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
-    _add_workspace(p)
+    from core import cli_explain
+
+    cli_explain.add_parser(sub, _add_workspace)
 
     sub.add_parser("bench", help="latency of each method vs tf-explain and vs a bare tf.function", add_help=False)
     return parser
@@ -237,9 +196,15 @@ def main(argv=None) -> int:
     if argv and argv[0] == "bench":
         return cmd_bench(None, argv[1:])
     args = build_parser().parse_args(argv)
+    from core import cli_explain
+
     handlers = {
-        "demo": cmd_demo, "dataset": cmd_dataset, "train": cmd_train, "import-model": cmd_import_model,
-        "evaluate": cmd_evaluate, "explain": cmd_explain,
+        "demo": cmd_demo,
+        "dataset": cmd_dataset,
+        "train": cmd_train,
+        "import-model": cmd_import_model,
+        "evaluate": cmd_evaluate,
+        "explain": cli_explain.run,
     }
     try:
         return handlers[args.command](args)

@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -221,8 +221,8 @@ def run_bench(
             params = {"patch_size": patch_size} if method == "occlusion" else {}
             x, c = tf.constant(images), tf.constant([class_index], tf.int32)
             ours_ms, floor_ms = _median_ms_interleaved(
-                lambda: explain(model, images, method, **params),
-                lambda: floors[method](x, c).numpy(),
+                lambda: explain(model, images, method, **params),  # noqa: B023 (called at once)
+                lambda: floors[method](x, c).numpy(),  # noqa: B023
                 slow_repeats if method == "occlusion" else repeats,
             )
             tf_ms, tf_error, tf_model = None, None, "same"

@@ -17,7 +17,9 @@ class MethodResult:
     error: str | None = None
 
 
-def explain_side_by_side(model, image, methods, class_index=None, params: dict | None = None) -> tuple[np.ndarray, list[MethodResult]]:
+def explain_side_by_side(
+    model, image, methods, class_index=None, params: dict | None = None
+) -> tuple[np.ndarray, list[MethodResult]]:
     """Predicts ``image`` (H, W, 3 pixels 0-255, at the model's input size) and explains it with each method.
 
     Returns the class probabilities and one `MethodResult` per method. A method that cannot apply

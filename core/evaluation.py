@@ -19,9 +19,7 @@ def predictions_frame(paths, y_true, probs: np.ndarray, class_names) -> pd.DataF
     probs = np.asarray(probs, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=int)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(class_names)):
-        raise ValueError(
-            f"Expected probabilities of shape ({len(y_true)}, {len(class_names)}). Received {probs.shape}"
-        )
+        raise ValueError(f"Expected probabilities of shape ({len(y_true)}, {len(class_names)}). Received {probs.shape}")
     y_pred = probs.argmax(axis=1)
     frame = pd.DataFrame(
         {
@@ -66,9 +64,7 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
     names, y_true, probs = _arrays(predictions)
     labels = list(range(len(names)))
     y_pred = probs.argmax(axis=1)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {}
     aucs = []
     for i, name in enumerate(names):
@@ -87,9 +83,7 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
         }
 
     def average(kind: str) -> dict:
-        p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=kind, zero_division=0
-        )
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=kind, zero_division=0)
         return {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(len(y_true))}
 
     return {
@@ -106,7 +100,10 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
 
 def classification_report_frame(metrics: dict) -> pd.DataFrame:
     """The classification report as a table: one row per class, then accuracy, macro and weighted avg."""
-    rows = [{"": name, **{k: v for k, v in values.items() if k != "roc_auc"}} for name, values in metrics["per_class"].items()]
+    rows = [
+        {"": name, **{k: v for k, v in values.items() if k != "roc_auc"}}
+        for name, values in metrics["per_class"].items()
+    ]
     n = metrics["n_samples"]
     rows.append({"": "accuracy", "precision": None, "recall": None, "f1": metrics["accuracy"], "support": n})
     rows.append({"": "macro avg", **metrics["macro_avg"]})

@@ -11,7 +11,16 @@ from PIL import Image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 )
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -46,13 +55,18 @@ def read_idx(path) -> np.ndarray:
 
 
 def export_image_folder(
-    images: np.ndarray, labels: np.ndarray, class_names, root, split: str | None = None, limit_per_class: int | None = None
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names,
+    root,
+    split: str | None = None,
+    limit_per_class: int | None = None,
 ) -> Path:
     """Writes images (N, H, W) or (N, H, W, 3) as PNG files into ``root/[split/]<class>/NNNNN.png``."""
     root = Path(root)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    written = {c: 0 for c in range(len(class_names))}
+    written = dict.fromkeys(range(len(class_names)), 0)
     for i, (image, label) in enumerate(zip(images, labels)):
         label = int(label)
         if limit_per_class is not None and written[label] >= limit_per_class:

@@ -3,13 +3,11 @@ tab or a second browser tab neither stops nor duplicates it. Progress is read fr
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
-
-import re
 
 from core import runs
 
@@ -41,13 +39,32 @@ def start(args: list[str], workspace, log_name: str) -> subprocess.Popen:
     return process
 
 
-def train_args(data_dir, config: "TrainingConfig", name: str | None = None) -> list[str]:
+def train_args(data_dir, config: TrainingConfig, name: str | None = None) -> list[str]:
     """The ``python -m core train`` arguments for a configuration."""
     args = [
-        "train", "--data", str(data_dir), "--arch", config.arch, "--weights", config.weights or "none",
-        "--img-size", str(config.image_size), "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-        "--lr", repr(config.learning_rate), "--seed", str(config.seed), "--fine-tune-epochs", str(config.fine_tune_epochs),
-        "--val-fraction", repr(config.val_fraction), "--test-fraction", repr(config.test_fraction),
+        "train",
+        "--data",
+        str(data_dir),
+        "--arch",
+        config.arch,
+        "--weights",
+        config.weights or "none",
+        "--img-size",
+        str(config.image_size),
+        "--epochs",
+        str(config.epochs),
+        "--batch-size",
+        str(config.batch_size),
+        "--lr",
+        repr(config.learning_rate),
+        "--seed",
+        str(config.seed),
+        "--fine-tune-epochs",
+        str(config.fine_tune_epochs),
+        "--val-fraction",
+        repr(config.val_fraction),
+        "--test-fraction",
+        repr(config.test_fraction),
     ]
     if config.augment:
         args.append("--augment")
@@ -60,7 +77,7 @@ def train_args(data_dir, config: "TrainingConfig", name: str | None = None) -> l
     return args
 
 
-def start_training(workspace, data_dir, config: "TrainingConfig", name: str | None = None) -> subprocess.Popen:
+def start_training(workspace, data_dir, config: TrainingConfig, name: str | None = None) -> subprocess.Popen:
     config.validate()
     return start(train_args(data_dir, config, name), workspace, f"train-{name or config.arch}.log")
 
@@ -87,4 +104,9 @@ def progress_summary(run: runs.Run) -> dict:
     message = f"Epoch {progress.get('epoch', 1)}/{epochs}, batch {progress.get('step', 0)}/{steps}"
     if "val_accuracy" in progress:
         message += f" · last validation accuracy {progress['val_accuracy']:.3f}"
-    return {"fraction": max(0.0, min(1.0, done)), "message": message, "epoch": progress.get("epoch", 1), "epochs": epochs}
+    return {
+        "fraction": max(0.0, min(1.0, done)),
+        "message": message,
+        "epoch": progress.get("epoch", 1),
+        "epochs": epochs,
+    }

@@ -28,13 +28,42 @@ UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}  # __l
 # A SavedModel op whose type contains one of these reaches outside the computation (files, datasets,
 # Python, logs, checkpoints). Only the checkpoint's own save/restore functions may hold such ops.
 UNSAFE_OP_PATTERNS = (
-    "Dataset", "Iterator", "Reader", "Writer", "File", "TFRecord", "PyFunc", "Print", "Summary", "Save",
-    "Restore", "Checkpoint", "Table", "Debug", "Immutable", "Socket", "Rpc", "Send", "Recv", "Shell",
+    "Dataset",
+    "Iterator",
+    "Reader",
+    "Writer",
+    "File",
+    "TFRecord",
+    "PyFunc",
+    "Print",
+    "Summary",
+    "Save",
+    "Restore",
+    "Checkpoint",
+    "Table",
+    "Debug",
+    "Immutable",
+    "Socket",
+    "Rpc",
+    "Send",
+    "Recv",
+    "Shell",
 )
 # What restoring variables from the SavedModel's own checkpoint needs, and nothing more.
 RESTORE_OPS = {
-    "StatefulPartitionedCall", "PartitionedCall", "RestoreV2", "AssignVariableOp", "Identity", "IdentityN",
-    "NoOp", "Const", "DisableCopyOnRead", "StringJoin", "ShardedFilename", "StaticRegexFullMatch", "Select",
+    "StatefulPartitionedCall",
+    "PartitionedCall",
+    "RestoreV2",
+    "AssignVariableOp",
+    "Identity",
+    "IdentityN",
+    "NoOp",
+    "Const",
+    "DisableCopyOnRead",
+    "StringJoin",
+    "ShardedFilename",
+    "StaticRegexFullMatch",
+    "Select",
 }
 MAX_CONFIG_BYTES = 64 * 2**20
 SAVEDMODEL_DIR = "savedmodel"
@@ -76,7 +105,9 @@ def saved_config(path: Path) -> dict | None:
             with zipfile.ZipFile(path) as archive:
                 info = archive.getinfo("config.json")
                 if info.file_size > MAX_CONFIG_BYTES:
-                    raise ModelError(f"{path.name}: its config.json unpacks to {info.file_size} bytes; refused as too large")
+                    raise ModelError(
+                        f"{path.name}: its config.json unpacks to {info.file_size} bytes; refused as too large"
+                    )
                 return json.loads(archive.read(info))
         if path.suffix in (".h5", ".hdf5"):
             import h5py
@@ -162,7 +193,7 @@ def savedmodel_ops(path: Path) -> dict[str, set[str]]:
         saver = meta_graph.saver_def
         save_node, restore_node = saver.save_tensor_name.split(":")[0], saver.restore_op_name.split(":")[0]
 
-        def closure(start: set[str]) -> set[str]:
+        def closure(start: set[str], functions=functions) -> set[str]:
             seen, todo = set(), list(start)
             while todo:
                 name = todo.pop()
@@ -175,7 +206,9 @@ def savedmodel_ops(path: Path) -> dict[str, set[str]]:
         main = [n for name, n in nodes.items() if name not in (save_node, restore_node)]
         model_fns = closure(_called_functions(main))
         restore_fns = closure(_called_functions([nodes[restore_node]] if restore_node in nodes else [])) - model_fns
-        save_fns = closure(_called_functions([nodes[save_node]] if save_node in nodes else [])) - model_fns - restore_fns
+        save_fns = (
+            closure(_called_functions([nodes[save_node]] if save_node in nodes else [])) - model_fns - restore_fns
+        )
         groups["model"].update(n.op for n in main)
         for group, names in (("restore", restore_fns), ("save", save_fns)):
             groups[group].update(n.op for name in names for n in functions[name].node_def)
@@ -305,7 +338,11 @@ def _outputs_logits(user_model, pixels_model, units: int) -> bool:
     height, width = (int(v) for v in pixels_model.inputs[0].shape[1:3])
     rng = np.random.default_rng(0)
     probe = np.concatenate(
-        [rng.uniform(0, 255, (4, height, width, 3)), np.zeros((1, height, width, 3)), np.full((1, height, width, 3), 255.0)]
+        [
+            rng.uniform(0, 255, (4, height, width, 3)),
+            np.zeros((1, height, width, 3)),
+            np.full((1, height, width, 3), 255.0),
+        ]
     ).astype(np.float32)
     values = np.asarray(pixels_model(probe, training=False), dtype=np.float64)
     if values.min() < -1e-6 or values.max() > 1 + 1e-6:
@@ -332,7 +369,7 @@ def load_run_model(run_dir) -> keras.Model:
 
 def import_run(
     workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
-) -> "Run":
+) -> Run:
     """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
 
     ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
@@ -370,7 +407,9 @@ def import_run(
         model = wrap_for_pixels(load_user_model(model_path, workdir=run.path), preprocess, len(class_names))
         run = runs.update_run(run, input_size=list(input_size(model)))
         if (run.path / SAVEDMODEL_DIR).is_dir():  # rebuilt around the SavedModel on load (see load_run_model)
-            runs.atomic_write_json(run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)})
+            runs.atomic_write_json(
+                run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)}
+            )
         else:
             save_model_atomic(model, run.model_path)
         metrics = evaluate(run, model=model, index=index)

@@ -9,17 +9,17 @@ space. Heads end in a `Dense` layer named ``logits`` followed by ``Activation("s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402  (Keras 3; TensorFlow backend)
-from keras import layers  # noqa: E402
+import keras
+from keras import layers
 
-from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES  # noqa: E402
+from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES
 
 _IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -123,7 +123,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 for _name, (_keras_name, _prep, _size) in ARCHITECTURE_SPECS.items():
     if _keras_name is not None:
-        ARCHITECTURES[_name] = Architecture(_name, f"{_keras_name} (Keras applications).", _prep, _size, _application(_keras_name))
+        ARCHITECTURES[_name] = Architecture(
+            _name, f"{_keras_name} (Keras applications).", _prep, _size, _application(_keras_name)
+        )
 
 
 def _as_hw(image_size) -> tuple[int, int]:

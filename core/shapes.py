@@ -84,7 +84,10 @@ def generate_shapes_dataset(
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             image, mask = render_shape(rng, kind, image_size)
             name = f"{kind}_{i:04d}.png"
-            for sub, array in ((Path(split) / kind, image), (Path("masks") / split / kind, mask.astype(np.uint8) * 255)):
+            for sub, array in (
+                (Path(split) / kind, image),
+                (Path("masks") / split / kind, mask.astype(np.uint8) * 255),
+            ):
                 (root / sub).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(root / sub / name)
     return root

@@ -5,7 +5,18 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
-LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "tf-explain", "numpy", "pandas", "scikit-learn", "pillow", "streamlit", "plotly")
+LIBRARIES = (
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "tf-explain",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "pillow",
+    "streamlit",
+    "plotly",
+)
 
 
 def library_versions() -> dict[str, str]:

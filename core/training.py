@@ -10,18 +10,17 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
+import keras
 import numpy as np
 import pandas as pd
 
 from core import data as data_lib
 from core import evaluation, runs, system
 from core.models import build_model, input_size, predict_proba
-
-import keras  # noqa: E402
 
 CANCEL_FILE = runs.CANCEL_FILE
 IMBALANCE_THRESHOLD = 1.5  # largest/smallest class above this: class weights are used automatically
@@ -258,7 +257,9 @@ def train(
         callbacks = [recorder, keras.callbacks.TerminateOnNaN()]
         if len(val_split):
             callbacks += [
-                keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True, save_weights_only=True),
+                keras.callbacks.ModelCheckpoint(
+                    best_path, monitor="val_loss", save_best_only=True, save_weights_only=True
+                ),
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
                 keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-6),
             ]
@@ -276,8 +277,13 @@ def train(
                 metrics=["accuracy"],
             )
             model.fit(
-                train_data, validation_data=val_data if len(val_split) else None, initial_epoch=done,
-                epochs=done + epochs, callbacks=callbacks, class_weight=weights, verbose=0,
+                train_data,
+                validation_data=val_data if len(val_split) else None,
+                initial_epoch=done,
+                epochs=done + epochs,
+                callbacks=callbacks,
+                class_weight=weights,
+                verbose=0,
             )
             done = len(recorder.rows)
             if recorder.cancelled:  # early stopping ends a phase only: fine-tuning still follows
@@ -339,8 +345,11 @@ def test_split_of(run: runs.Run) -> pd.DataFrame:
         return splits[splits["split"] == "test"].reset_index(drop=True)
     hp = run.meta.get("hyperparameters") or {}
     index = data_lib.scan_dataset(
-        run.meta["dataset"], hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15),
-        seed=run.meta.get("seed", 0), group_split=hp.get("group_split", False),
+        run.meta["dataset"],
+        hp.get("val_fraction", 0.15),
+        hp.get("test_fraction", 0.15),
+        seed=run.meta.get("seed", 0),
+        group_split=hp.get("group_split", False),
     )
     return index.split("test")
 
@@ -379,7 +388,10 @@ def evaluate(run: runs.Run, model=None, index: data_lib.DatasetIndex | None = No
     size = input_size(model)
     paths = list(test["path"])
     probs = np.concatenate(
-        [predict_proba(model, data_lib.load_images(paths[i : i + batch_size], size)) for i in range(0, len(paths), batch_size)]
+        [
+            predict_proba(model, data_lib.load_images(paths[i : i + batch_size], size))
+            for i in range(0, len(paths), batch_size)
+        ]
     )
     predictions = evaluation.predictions_frame(paths, labels, probs, class_names)
     metrics = evaluation.compute_metrics(predictions)

@@ -33,9 +33,7 @@ def _check_map(saliency) -> np.ndarray:
     if not np.all(np.isfinite(saliency)):
         raise ValueError("The map contains NaN or infinite values")
     if saliency.size and (saliency.min() < -1e-6 or saliency.max() > 1 + 1e-6):
-        raise ValueError(
-            f"Expected map values in [0, 1]. Received range [{saliency.min():.3g}, {saliency.max():.3g}]"
-        )
+        raise ValueError(f"Expected map values in [0, 1]. Received range [{saliency.min():.3g}, {saliency.max():.3g}]")
     return np.clip(saliency, 0.0, 1.0)
 
 

@@ -29,7 +29,9 @@ except DatasetError as exc:
     st.stop()
 summary = index.summary()
 
-st.caption(f"`{summary['root']}` · {summary['images']} images · {len(index.class_names)} classes · {summary['layout']} layout")
+st.caption(
+    f"`{summary['root']}` · {summary['images']} images · {len(index.class_names)} classes · {summary['layout']} layout"
+)
 if summary["imbalance_ratio"] and summary["imbalance_ratio"] > 1.5:
     st.warning(
         f"Class imbalance: the largest class has {summary['imbalance_ratio']:.1f}x the images of the smallest. "

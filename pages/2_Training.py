@@ -9,7 +9,6 @@ from core.data import DatasetError
 from ui import charts
 from ui.common import dataset_index, folder_input, history, run_picker, setup_page, workspace
 
-
 setup_page("Training", ":material/show_chart:")
 run = run_picker()
 curves_tab, new_tab, compare_tab = st.tabs(["Curves", "Train a new model", "Compare runs"])
@@ -39,12 +38,20 @@ with curves_tab:
         params.update({"preprocessing": run.meta.get("preprocessing"), "input_size": str(run.meta.get("input_size"))})
         if run.meta.get("class_weights"):
             params["class weights used"] = run.meta["class_weights"]
-        st.dataframe(pd.DataFrame({"value": [str(v) for v in params.values()]}, index=list(params)), key="hyperparameters")
+        st.dataframe(
+            pd.DataFrame({"value": [str(v) for v in params.values()]}, index=list(params)), key="hyperparameters"
+        )
         if frame is not None:
             with st.expander("History table (learning rate per epoch included)"):
                 st.dataframe(frame, hide_index=True)
         with st.expander("Library versions and timings"):
-            st.json({"durations": run.meta.get("durations"), "device": run.meta.get("device"), "versions": run.meta.get("library_versions")})
+            st.json(
+                {
+                    "durations": run.meta.get("durations"),
+                    "device": run.meta.get("device"),
+                    "versions": run.meta.get("library_versions"),
+                }
+            )
 
 # ---- a new run in a background process ------------------------------------------------------------
 with new_tab:
@@ -53,12 +60,23 @@ with new_tab:
     with st.form("new_run"):
         c1, c2, c3 = st.columns(3)
         arch = c1.selectbox("Architecture", ARCHITECTURE_NAMES, key="train_arch")
-        weights = c2.radio("Weights", ["imagenet", "none"], horizontal=True, key="train_weights",
-                           help="imagenet: pre-trained, frozen first then fine-tuned (needs the weights file); none: from scratch")
+        weights = c2.radio(
+            "Weights",
+            ["imagenet", "none"],
+            horizontal=True,
+            key="train_weights",
+            help="imagenet: pre-trained, frozen first then fine-tuned (needs the weights file); none: from scratch",
+        )
         image_size = c3.number_input("Image size (px)", 16, 1024, 224, key="train_img_size")
         epochs = c1.number_input("Epochs", 1, 500, 10, key="train_epochs")
-        fine_tune = c2.number_input("Fine-tuning epochs", 0, 500, 0, key="train_fine_tune",
-                                    help="A second phase with the top of the backbone unfrozen at a 10x lower learning rate")
+        fine_tune = c2.number_input(
+            "Fine-tuning epochs",
+            0,
+            500,
+            0,
+            key="train_fine_tune",
+            help="A second phase with the top of the backbone unfrozen at a 10x lower learning rate",
+        )
         batch_size = c3.number_input("Batch size", 1, 1024, 32, key="train_batch")
         learning_rate = c1.number_input("Learning rate", 1e-6, 0.5, 1e-3, format="%.5f", key="train_lr")
         class_weights = c2.selectbox("Class weights", ["when imbalanced", "always"], key="train_class_weights")
@@ -71,10 +89,17 @@ with new_tab:
         from core.training import TrainingConfig  # imports TensorFlow: only when a run is started
 
         config = TrainingConfig(
-            arch=arch, image_size=int(image_size), epochs=int(epochs), batch_size=int(batch_size),
-            learning_rate=float(learning_rate), seed=int(seed), weights=None if weights == "none" else weights,
-            augment=augment, class_weights="auto" if class_weights == "always" else None,
-            fine_tune_epochs=int(fine_tune), group_split=group_split,
+            arch=arch,
+            image_size=int(image_size),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            seed=int(seed),
+            weights=None if weights == "none" else weights,
+            augment=augment,
+            class_weights="auto" if class_weights == "always" else None,
+            fine_tune_epochs=int(fine_tune),
+            group_split=group_split,
         )
         try:
             if folder is None:

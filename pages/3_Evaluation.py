@@ -28,7 +28,9 @@ st.dataframe(report.style.format(precision=3, na_rep=""), key="classification_re
 st.subheader("Confusion matrix")
 counts_tab, normalized_tab = st.tabs(["Counts", "Row-normalised (recall per class)"])
 counts_tab.plotly_chart(charts.confusion_heatmap(evaluation.confusion_matrix(frame), False), key="confusion_counts")
-normalized_tab.plotly_chart(charts.confusion_heatmap(evaluation.confusion_matrix(frame, normalize=True), True), key="confusion_normalized")
+normalized_tab.plotly_chart(
+    charts.confusion_heatmap(evaluation.confusion_matrix(frame, normalize=True), True), key="confusion_normalized"
+)
 
 left, right = st.columns(2)
 with left:

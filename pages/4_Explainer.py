@@ -20,8 +20,8 @@ try:
 except RunError as exc:
     st.error(str(exc))
     st.stop()
-from core.explain import METHODS, describe  # noqa: E402  (imports TensorFlow: after the cheap checks)
-from core.models import ModelError, input_size  # noqa: E402
+from core.explain import METHODS, describe
+from core.models import ModelError, input_size
 
 try:
     net = model(run)
@@ -54,7 +54,9 @@ if source == "Test image":
     caption = labels[chosen]
 else:
     upload = st.file_uploader(
-        "Upload an image", type=[e.lstrip(".") for e in IMAGE_EXTENSIONS], key="upload",
+        "Upload an image",
+        type=[e.lstrip(".") for e in IMAGE_EXTENSIONS],
+        key="upload",
         help=f"Any image Pillow reads; it is resized to the model's input, {width}x{height} pixels.",
     )
     if upload is None:

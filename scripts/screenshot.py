@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from browser import DONE, browser_page, dashboard, open_page  # noqa: E402
+from browser import DONE, browser_page, dashboard, open_page
 
 
 def main(workspace: str, out: str = "assets/screenshot.png") -> None:
     with dashboard(workspace) as url, browser_page(1400, 1050) as page:
         open_page(page, f"{url}/Explainer")
-        page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 7", timeout=180_000)
+        page.wait_for_function(
+            "document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 7", timeout=180_000
+        )
         page.wait_for_selector(DONE)
         page.locator('[data-testid="stMainBlockContainer"]').evaluate("el => el.scrollIntoView()")
         page.get_by_text("Explanations", exact=True).scroll_into_view_if_needed()

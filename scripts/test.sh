@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets everything up (Python packages, Debian's Chromium and Fashion-MNIST) and runs the whole test suite.
+# Sets everything up (Python packages, Debian's Chromium and Fashion-MNIST), lints, and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -12,4 +12,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 bash scripts/setup.sh requirements-test.txt
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

@@ -78,7 +78,9 @@ def test_compute_metrics_survives_a_csv_round_trip(frame, tmp_path):
 
 def test_binary_metrics_and_a_single_roc_curve():
     probs_pos = np.array([0.1, 0.6, 0.4, 0.9])
-    frame = evaluation.predictions_frame(list("abcd"), [0, 0, 1, 1], np.stack([1 - probs_pos, probs_pos], 1), ["neg", "pos"])
+    frame = evaluation.predictions_frame(
+        list("abcd"), [0, 0, 1, 1], np.stack([1 - probs_pos, probs_pos], 1), ["neg", "pos"]
+    )
     metrics = evaluation.compute_metrics(frame)
     assert metrics["accuracy"] == pytest.approx(0.5)
     assert metrics["per_class"]["pos"]["roc_auc"] == pytest.approx(0.75)

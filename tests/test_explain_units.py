@@ -63,7 +63,9 @@ def nested_cnn(size=(16, 16)):
     x = layers.Conv2D(6, 3, padding="same", activation="relu", name="b2")(x)
     backbone = keras.Model(inner_in, x, name="backbone")
     inputs = keras.Input((*size, 3), name="pixels")
-    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(layers.Rescaling(1 / 255.0, name="rescale")(inputs))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(
+        layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+    )
     x = layers.Conv2D(6, 1, activation="relu", name="head_conv")(backbone(x))
     x = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D(name="gap")(x))
     return keras.Model(inputs, layers.Activation("softmax", name="predictions")(x))
@@ -105,7 +107,9 @@ def test_occlusion_is_zero_where_the_model_ignores_the_input():
     model = small_cnn(size=(16, 20), classes=2, first=ZeroRightHalf(name="zero_right"))
     model.get_layer("conv1").set_weights([np.full((3, 3, 3, 4), 0.1, np.float32), np.zeros(4, np.float32)])
     model.get_layer("conv2").set_weights([np.full((3, 3, 4, 6), 0.1, np.float32), np.zeros(6, np.float32)])
-    model.get_layer("logits").set_weights([np.tile([[-0.02, 0.02]], (6, 1)).astype(np.float32), np.zeros(2, np.float32)])
+    model.get_layer("logits").set_weights(
+        [np.tile([[-0.02, 0.02]], (6, 1)).astype(np.float32), np.zeros(2, np.float32)]
+    )
     images = random_images(1, (16, 20))
     images[:, :, :10] = 255.0
     # 5x5 windows every 5 pixels: columns 0-4, 5-9 | 10-14, 15-19 never straddle the midline.
@@ -161,9 +165,7 @@ def test_gradcam_on_a_layer_inside_a_nested_backbone_matches_plain_tensorflow():
     expected = reference_gradcam(feature_and_logits, images, [0, 2])
     assert np.count_nonzero(expected) > 10
     np.testing.assert_allclose(explain(model, images, "gradcam", [0, 2], layer_name="b1"), expected, atol=1e-5)
-    np.testing.assert_allclose(
-        explain(model, images, "gradcam", [0, 2], layer_name="backbone/b1"), expected, atol=1e-5
-    )
+    np.testing.assert_allclose(explain(model, images, "gradcam", [0, 2], layer_name="backbone/b1"), expected, atol=1e-5)
 
 
 def test_gradcam_inside_a_backbone_of_a_sequential_model_matches_plain_tensorflow():
@@ -203,7 +205,11 @@ def test_default_layer_inside_a_nested_backbone():
     model = build_model("compact_cnn", num_classes=2, image_size=(24, 32))
     assert default_layer_name(model) == "top_conv"  # inside the nested 'compact_cnn' sub-model
     names = conv_layer_names(model)
-    assert "preprocessing" not in names and names[0] == "block1_conv" and names.index("block1_conv") < names.index("block3_pool") < names.index("top_conv")
+    assert (
+        "preprocessing" not in names
+        and names[0] == "block1_conv"
+        and names.index("block1_conv") < names.index("block3_pool") < names.index("top_conv")
+    )
     images = random_images(1, (24, 32))
     np.testing.assert_array_equal(
         explain(model, images, "gradcam"), explain(model, images, "gradcam", layer_name="compact_cnn/top_conv")
@@ -284,7 +290,7 @@ def test_binary_sigmoid_model_scores_class_0_with_the_negated_logit():
         return activations, tf.concat([sign * logit, sign * logit], axis=-1)  # column 0 read below
 
     for class_index, sign in ((0, -1.0), (1, 1.0)):
-        expected = reference_gradcam(lambda x: feature_and_logit(x, sign), images, [0, 0])
+        expected = reference_gradcam(lambda x, sign=sign: feature_and_logit(x, sign), images, [0, 0])
         np.testing.assert_allclose(explain(model, images, "gradcam", class_index=class_index), expected, atol=1e-5)
     # probabilities [1 - p, p]: what lowers p raises 1 - p
     occ_1 = explain(model, images, "occlusion", class_index=1, patch_size=4)
@@ -302,7 +308,9 @@ def test_class_index_none_explains_each_images_predicted_class(method):
     assert len(set(predicted)) > 1  # the check means something only if predictions differ
     params = {"patch_size": 4} if method == "occlusion" else {}
     np.testing.assert_allclose(
-        explain(model, images, method, **params), explain(model, images, method, class_index=predicted, **params), atol=1e-6
+        explain(model, images, method, **params),
+        explain(model, images, method, class_index=predicted, **params),
+        atol=1e-6,
     )
     # an int applies to every image
     np.testing.assert_allclose(
@@ -322,7 +330,7 @@ def test_repeated_explanations_never_retrace(method):
     model = small_cnn(seed=8)
     params = {"patch_size": 4} if method == "occlusion" else {}
     explain(model, random_images(1, seed=1), method, **params)
-    (key, function), = cached_functions(model).items()
+    ((key, function),) = cached_functions(model).items()
     assert function.experimental_get_tracing_count() == 1
     explain(model, random_images(3, seed=2), method, class_index=[0, 1, 2], **params)
     explain(model, random_images(2, seed=3).astype(np.uint8), method, class_index=1, **params)
@@ -406,19 +414,46 @@ def model():
     "call,fragments",
     [
         (lambda m, x: explain(m, x, "lime"), ["Unknown explanation method", "gradcam", "Received: method='lime'"]),
-        (lambda m, x: explain(m, x, "gradcam", layer_name="foo"), ["gradcam", "4-D", "conv2", "Received: layer_name='foo'"]),
-        (lambda m, x: explain(m, x, "gradcam", layer_name="logits"), ["gradcam", "not 4-D", "Received: layer_name='logits'"]),
-        (lambda m, x: explain(m, x[0], "vanilla_gradients"), ["vanilla_gradients", "(N, H, W, 3)", "Received: shape (16, 16, 3)"]),
+        (
+            lambda m, x: explain(m, x, "gradcam", layer_name="foo"),
+            ["gradcam", "4-D", "conv2", "Received: layer_name='foo'"],
+        ),
+        (
+            lambda m, x: explain(m, x, "gradcam", layer_name="logits"),
+            ["gradcam", "not 4-D", "Received: layer_name='logits'"],
+        ),
+        (
+            lambda m, x: explain(m, x[0], "vanilla_gradients"),
+            ["vanilla_gradients", "(N, H, W, 3)", "Received: shape (16, 16, 3)"],
+        ),
         (lambda m, x: explain(m, x[..., :1], "gradcam"), ["gradcam", "(N, H, W, 3)", "Received: shape (1, 16, 16, 1)"]),
-        (lambda m, x: explain(m, x[:, :8], "occlusion"), ["occlusion", "height 16 and width 16", "Received: shape (1, 8, 16, 3)"]),
+        (
+            lambda m, x: explain(m, x[:, :8], "occlusion"),
+            ["occlusion", "height 16 and width 16", "Received: shape (1, 8, 16, 3)"],
+        ),
         (lambda m, x: explain(m, x > 0, "gradcam"), ["gradcam", "numeric dtype", "Received: dtype=bool"]),
         (lambda m, x: explain(m, x.astype(str), "gradcam"), ["gradcam", "numeric dtype", "Received: dtype=<U"]),
-        (lambda m, x: explain(m, x, "gradcam", class_index=3), ["gradcam", "[0, 2]", "3 classes", "Received: class_index=3"]),
+        (
+            lambda m, x: explain(m, x, "gradcam", class_index=3),
+            ["gradcam", "[0, 2]", "3 classes", "Received: class_index=3"],
+        ),
         (lambda m, x: explain(m, x, "occlusion", class_index=-1), ["occlusion", "[0, 2]", "Received: class_index=-1"]),
-        (lambda m, x: explain(m, x, "gradcam", class_index=[0, 1]), ["gradcam", "sequence of 1 ints", "Received: class_index=[0, 1]"]),
-        (lambda m, x: explain(m, x, "occlusion", patch_size=0), ["occlusion", "patch_size", "between 1 and 16", "Received: patch_size=0"]),
-        (lambda m, x: explain(m, x, "occlusion", patch_size=17), ["occlusion", "16x16 image", "Received: patch_size=17"]),
-        (lambda m, x: explain(m, x, "occlusion", patch_size=4, stride=5), ["occlusion", "stride", "Received: stride=5"]),
+        (
+            lambda m, x: explain(m, x, "gradcam", class_index=[0, 1]),
+            ["gradcam", "sequence of 1 ints", "Received: class_index=[0, 1]"],
+        ),
+        (
+            lambda m, x: explain(m, x, "occlusion", patch_size=0),
+            ["occlusion", "patch_size", "between 1 and 16", "Received: patch_size=0"],
+        ),
+        (
+            lambda m, x: explain(m, x, "occlusion", patch_size=17),
+            ["occlusion", "16x16 image", "Received: patch_size=17"],
+        ),
+        (
+            lambda m, x: explain(m, x, "occlusion", patch_size=4, stride=5),
+            ["occlusion", "stride", "Received: stride=5"],
+        ),
         (lambda m, x: explain(m, x, "occlusion", batch_size=0), ["occlusion", "batch_size", "Received: batch_size=0"]),
         (lambda m, x: explain(m, x, "gradcam", patch_size=4), ["gradcam", "layer_name", "Received: patch_size=4"]),
     ],
@@ -431,8 +466,12 @@ def test_errors_say_what_was_expected_and_received(model, call, fragments):
 
 
 def test_gradcam_on_a_model_without_a_4d_layer_is_an_explanation_error():
-    flat = keras.Sequential([keras.Input((8, 8, 3)), layers.Flatten(), layers.Dense(2, activation="softmax")], name="flat")
-    with pytest.raises(ExplanationError, match=r"gradcam: expected a model with a layer whose output is 4-D.*Received: model 'flat'"):
+    flat = keras.Sequential(
+        [keras.Input((8, 8, 3)), layers.Flatten(), layers.Dense(2, activation="softmax")], name="flat"
+    )
+    with pytest.raises(
+        ExplanationError, match=r"gradcam: expected a model with a layer whose output is 4-D.*Received: model 'flat'"
+    ):
         explain(flat, random_images(1, (8, 8)), "gradcam")
     # methods that need no inner layer still work on it
     assert explain(flat, random_images(1, (8, 8)), "vanilla_gradients").max() == pytest.approx(1.0)

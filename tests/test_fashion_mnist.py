@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import PROJECT_ROOT
 from streamlit.testing.v1 import AppTest
 
-from conftest import PROJECT_ROOT
 from core import runs
 from core.data import scan_dataset
 from core.idx import FASHION_MNIST_CLASSES, export_fashion_mnist
 from core.training import TrainingConfig, train
 
-PAGES = ["pages/1_Dataset.py", "pages/2_Training.py", "pages/3_Evaluation.py", "pages/4_Explainer.py", "pages/5_Import_model.py"]
+PAGES = [
+    "pages/1_Dataset.py",
+    "pages/2_Training.py",
+    "pages/3_Evaluation.py",
+    "pages/4_Explainer.py",
+    "pages/5_Import_model.py",
+]
 
 
 @pytest.fixture(scope="module")

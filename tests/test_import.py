@@ -13,11 +13,10 @@ from keras import layers
 
 from core import runs
 from core.data import load_images
-from core.shapes import generate_shapes_dataset
 from core.explain import ExplanationError, conv_layer_names, explain
-from core.model_import import UnsafeModelError, load_run_model, load_user_model, wrap_for_pixels
+from core.model_import import UnsafeModelError, import_run, load_run_model, load_user_model, wrap_for_pixels
 from core.models import ModelError, PixelPreprocessing, predict_proba
-from core.model_import import import_run
+from core.shapes import generate_shapes_dataset
 
 SIZE = 16
 
@@ -153,7 +152,9 @@ def test_nested_backbone_gradcam_layer_inside_the_backbone(tmp_path, shapes):
 def test_class_names_give_the_output_order(tmp_path, shapes):
     model = _small_cnn()
     model.save(tmp_path / "m.keras")
-    run = import_run(tmp_path / "ws", tmp_path / "m.keras", shapes, "unit", class_names=["triangle", "circle", "square"])
+    run = import_run(
+        tmp_path / "ws", tmp_path / "m.keras", shapes, "unit", class_names=["triangle", "circle", "square"]
+    )
     predictions = runs.load_predictions(run)
     assert run.class_names == ["triangle", "circle", "square"]
     triangle = predictions[predictions["path"].str.contains("/triangle/")]
@@ -164,7 +165,7 @@ def test_class_names_give_the_output_order(tmp_path, shapes):
 
 def test_grayscale_model_and_logits_model_are_wrapped(tmp_path, shapes):
     grey = wrap_for_pixels(_small_cnn(channels=1), "unit", 3)
-    assert grey.inputs[0].shape[-1] == 3 and "to_grayscale" in [l.name for l in grey.layers]
+    assert grey.inputs[0].shape[-1] == 3 and "to_grayscale" in [layer.name for layer in grey.layers]
     assert conv_layer_names(grey) == ["conv_a", "conv_b"]  # the input adapters are not Grad-CAM targets
     logits = wrap_for_pixels(_small_cnn(activation=None), "raw", 3)
     out = predict_proba(logits, np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)))
@@ -192,7 +193,9 @@ def test_bad_model_inputs_get_clear_errors(tmp_path, shapes, make, message):
 def test_bad_preprocessing_and_input_shapes(shapes):
     with pytest.raises(ModelError, match="Unknown preprocessing"):
         wrap_for_pixels(_small_cnn(), "imagenet", 3)
-    flexible = keras.Model(*(lambda i: (i, layers.Dense(3)(layers.GlobalAveragePooling2D()(i))))(keras.Input((None, None, 3))))
+    flexible = keras.Model(
+        *(lambda i: (i, layers.Dense(3)(layers.GlobalAveragePooling2D()(i))))(keras.Input((None, None, 3)))
+    )
     with pytest.raises(ModelError, match="fixed size"):
         wrap_for_pixels(flexible, "unit", 3)
 

@@ -34,15 +34,30 @@ def _only_run(workspace):
 
 
 def test_train_args_round_trip_every_option(tiny_data):
-    config = TrainingConfig(arch="resnet50", image_size=96, epochs=3, batch_size=4, learning_rate=0.0005,
-                            weights="imagenet", augment=True, class_weights="auto", fine_tune_epochs=2,
-                            group_split=True, seed=7)
+    config = TrainingConfig(
+        arch="resnet50",
+        image_size=96,
+        epochs=3,
+        batch_size=4,
+        learning_rate=0.0005,
+        weights="imagenet",
+        augment=True,
+        class_weights="auto",
+        fine_tune_epochs=2,
+        group_split=True,
+        seed=7,
+    )
     args = jobs.train_args(tiny_data, config, name="x")
     from core.__main__ import build_parser
 
     parsed = build_parser().parse_args([*args, "--workspace", "/tmp/w"])
     assert (parsed.arch, parsed.img_size, parsed.epochs, parsed.batch_size, parsed.lr) == ("resnet50", 96, 3, 4, 0.0005)
-    assert (parsed.weights, parsed.augment, parsed.class_weights, parsed.fine_tune_epochs) == ("imagenet", True, "auto", 2)
+    assert (parsed.weights, parsed.augment, parsed.class_weights, parsed.fine_tune_epochs) == (
+        "imagenet",
+        True,
+        "auto",
+        2,
+    )
     assert (parsed.group_split, parsed.seed, parsed.name) == (True, 7, "x")
 
 
@@ -63,7 +78,9 @@ def test_cancel_stops_a_run_and_leaves_earlier_runs_untouched(tmp_path, tiny_dat
     before = (earlier.path / runs.RUN_FILE).read_bytes()
     config = TrainingConfig(arch="compact_cnn", image_size=24, epochs=200, batch_size=2, learning_rate=1e-3)
     process = jobs.start_training(tmp_path, tiny_data, config, name="long")
-    live = _wait(lambda: next((r for r in jobs.active_runs(tmp_path) if runs.read_progress(r).get("stage") == "training"), None))
+    live = _wait(
+        lambda: next((r for r in jobs.active_runs(tmp_path) if runs.read_progress(r).get("stage") == "training"), None)
+    )
     jobs.cancel(live)
     assert process.wait(timeout=120) == 1  # the CLI exits 1 for a run that did not complete
     cancelled = runs.read_run(live.path)

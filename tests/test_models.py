@@ -85,7 +85,11 @@ def test_architecture_registry_preprocessing():
     [
         (dict(arch="vgg99", num_classes=3), ModelError, r"Unknown architecture.*Received: arch='vgg99'"),
         (dict(arch="compact_cnn", num_classes=1), ModelError, r"at least 2 classes. Received: num_classes=1"),
-        (dict(arch="compact_cnn", num_classes=3, weights="imagenet21k"), ModelError, r"Received: weights='imagenet21k'"),
+        (
+            dict(arch="compact_cnn", num_classes=3, weights="imagenet21k"),
+            ModelError,
+            r"Received: weights='imagenet21k'",
+        ),
         (dict(arch="compact_cnn", num_classes=3, weights="imagenet"), ModelError, r"compact_cnn has no pre-trained"),
         (dict(arch="compact_cnn", num_classes=3, image_size=(4, 32)), ModelError, r"at least 8x8"),
     ],

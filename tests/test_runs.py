@@ -8,8 +8,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 
 from core import runs

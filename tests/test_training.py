@@ -130,7 +130,10 @@ def test_evaluate_rewrites_predictions_and_metrics(copied_run):
     "config, message",
     [
         (TrainingConfig(arch="no_such_net", epochs=1, image_size=32), "Unknown architecture"),
-        (TrainingConfig(arch="compact_cnn", weights="imagenet", image_size=32), "compact_cnn has no pre-trained weights"),
+        (
+            TrainingConfig(arch="compact_cnn", weights="imagenet", image_size=32),
+            "compact_cnn has no pre-trained weights",
+        ),
     ],
 )
 def test_bad_configurations_are_refused_before_any_run_exists(tmp_path, tiny_shapes_dir, config, message):
@@ -156,6 +159,7 @@ def test_a_dataset_too_small_for_a_test_split_is_refused_up_front(tmp_path):
 
 def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path, tiny_shapes_dir, monkeypatch):
     """A failure inside training (here: building the model) marks the run failed with a traceback."""
+
     def refuse(*args, **kwargs):
         raise ModelError("Unknown architecture for this test")
 
@@ -321,7 +325,8 @@ def test_a_cancel_during_image_loading_stops_before_the_first_epoch(tmp_path, ti
             (run,) = runs.list_runs(tmp_path)
             run.file(training.CANCEL_FILE).touch()
 
-    run = training.train(tmp_path, tiny_shapes_dir, TrainingConfig(epochs=3, image_size=32, batch_size=8),
-                         progress=cancel_while_loading)
+    run = training.train(
+        tmp_path, tiny_shapes_dir, TrainingConfig(epochs=3, image_size=32, batch_size=8), progress=cancel_while_loading
+    )
     assert run.status == runs.CANCELLED
     assert not run.file(runs.HISTORY_FILE).exists() and not run.model_path.exists()

@@ -44,7 +44,9 @@ def test_overlay_alpha_endpoints():
     image = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
     saliency = rng.random((4, 6)).astype(np.float32)
     np.testing.assert_array_equal(overlay(image, saliency, alpha=0.0), image)
-    np.testing.assert_array_equal(overlay(image, saliency, alpha=1.0, colormap="viridis"), colorize(saliency, "viridis"))
+    np.testing.assert_array_equal(
+        overlay(image, saliency, alpha=1.0, colormap="viridis"), colorize(saliency, "viridis")
+    )
     half = overlay(image, saliency, alpha=0.5)
     expected = np.round(0.5 * image.astype(np.float32) + 0.5 * colorize(saliency).astype(np.float32))
     assert half.dtype == np.uint8 and half.shape == image.shape

@@ -43,7 +43,10 @@ def confusion_heatmap(matrix: pd.DataFrame, normalized: bool) -> go.Figure:
         )
     )
     fig.update_layout(
-        xaxis_title="predicted class", yaxis_title="true class", yaxis_autorange="reversed", height=420,
+        xaxis_title="predicted class",
+        yaxis_title="true class",
+        yaxis_autorange="reversed",
+        height=420,
         margin=dict(t=30, b=10),
     )
     return fig
@@ -54,7 +57,9 @@ def roc_figure(curves: dict) -> go.Figure:
     for name, curve in curves.items():
         fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.3f})"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="grey"), name="chance"))
-    fig.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=420, margin=dict(t=30, b=10))
+    fig.update_layout(
+        xaxis_title="false positive rate", yaxis_title="true positive rate", height=420, margin=dict(t=30, b=10)
+    )
     return fig
 
 
@@ -62,7 +67,12 @@ def pr_figure(curves: dict) -> go.Figure:
     fig = go.Figure()
     for name, curve in curves.items():
         fig.add_trace(
-            go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=f"{name} (AP {curve['average_precision']:.3f})")
+            go.Scatter(
+                x=curve["recall"],
+                y=curve["precision"],
+                mode="lines",
+                name=f"{name} (AP {curve['average_precision']:.3f})",
+            )
         )
     fig.update_layout(xaxis_title="recall", yaxis_title="precision", height=420, margin=dict(t=30, b=10))
     return fig
@@ -70,8 +80,14 @@ def pr_figure(curves: dict) -> go.Figure:
 
 def probabilities_bar(class_names, probs, highlight: int) -> go.Figure:
     colours = ["#e4572e" if i == highlight else "#4c78a8" for i in range(len(class_names))]
-    fig = go.Figure(go.Bar(x=list(probs), y=list(class_names), orientation="h", marker_color=colours, text=[f"{p:.3f}" for p in probs]))
-    fig.update_layout(xaxis_range=[0, 1], xaxis_title="probability", height=60 + 40 * len(class_names), margin=dict(t=10, b=10))
+    fig = go.Figure(
+        go.Bar(
+            x=list(probs), y=list(class_names), orientation="h", marker_color=colours, text=[f"{p:.3f}" for p in probs]
+        )
+    )
+    fig.update_layout(
+        xaxis_range=[0, 1], xaxis_title="probability", height=60 + 40 * len(class_names), margin=dict(t=10, b=10)
+    )
     return fig
 
 

@@ -116,7 +116,9 @@ def metrics(run: runs.Run):
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16, ttl=600)
-def dataset_index(dataset_path: str, seed: int, group_split: bool = False, val_fraction: float = 0.15, test_fraction: float = 0.15):
+def dataset_index(
+    dataset_path: str, seed: int, group_split: bool = False, val_fraction: float = 0.15, test_fraction: float = 0.15
+):
     from core.data import scan_dataset
 
     return scan_dataset(dataset_path, val_fraction, test_fraction, seed=seed, group_split=group_split)

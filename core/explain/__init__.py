@@ -43,25 +43,47 @@ def get_explainer(method: str) -> Explainer:
         ) from None
 
 
-def describe(method: str) -> dict[str, Any]:
-    """What a UI needs to offer ``method``: its title, a one-line description and its parameters.
+def describe(method: str, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """What a UI or a command line needs to offer ``method``, without per-method code.
+
+    Args:
+        method: one of `METHODS`.
+        input_size: the model's (height, width); when given, image-dependent bounds and defaults
+            (occlusion's patch size, say) are filled in for that size.
 
     Returns:
-        ``{"name", "title", "description", "params": {name: {"default", "help", "minimum"}}}``.
+        ``{"name", "title", "description", "paper", "units", "signed", "randomized",
+        "params": {name: {"kind", "default", "help", "minimum", "maximum", "choices", "nullable"}}}``;
+        ``kind`` is one of "int", "float", "bool", "choice", "layer".
     """
     explainer = get_explainer(method)
+    overrides = explainer.bounds(*input_size) if input_size is not None else {}
+    params = {}
+    for key, spec in explainer.params.items():
+        entry = {
+            "kind": spec.kind,
+            "default": spec.default,
+            "help": spec.help,
+            "minimum": spec.minimum,
+            "maximum": spec.maximum,
+            "choices": list(spec.choices),
+            "nullable": spec.nullable,
+        }
+        entry.update(overrides.get(key, {}))
+        params[key] = entry
     return {
         "name": explainer.name,
         "title": explainer.title,
         "description": explainer.description,
-        "params": {
-            key: {"default": spec.default, "help": spec.help, "minimum": spec.minimum}
-            for key, spec in explainer.params.items()
-        },
+        "paper": explainer.paper,
+        "units": explainer.units,
+        "signed": explainer.signed,
+        "randomized": explainer.randomized,
+        "params": params,
     }
 
 
-def explain(model, images, method: str, class_index=None, **params) -> np.ndarray:
+def explain(model, images, method: str, class_index=None, normalize: bool = True, **params) -> np.ndarray:
     """Explains a Keras classifier's decisions on a batch of images.
 
     Args:
@@ -70,6 +92,8 @@ def explain(model, images, method: str, class_index=None, **params) -> np.ndarra
         images: (N, H, W, 3) pixel values 0-255, uint8 or float, H and W the model's input size.
         method: one of `METHODS`.
         class_index: None (each image's predicted class), an int (every image), or N ints (one per image).
+        normalize: True (the default): maps in [0, 1]. False: the method's raw attributions (N, H, W),
+            signed where the method is signed, in the units `describe(method)["units"]` states.
         **params: the method's parameters, see `PARAMS` / `describe` (e.g. ``layer_name`` for Grad-CAM,
             ``patch_size``, ``stride``, ``batch_size`` for occlusion).
 
@@ -83,7 +107,7 @@ def explain(model, images, method: str, class_index=None, **params) -> np.ndarra
     Example:
         >>> maps = explain(model, images, "occlusion", class_index=2, patch_size=16)
     """
-    return get_explainer(method).explain(model, images, class_index, **params)
+    return get_explainer(method).explain(model, images, class_index, normalize=normalize, **params)
 
 
 __all__ = [

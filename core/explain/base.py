@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -30,13 +31,35 @@ class ExplanationError(ValueError):
     """An explanation cannot be computed as asked; the message says what was expected and received."""
 
 
+PARAM_KINDS = ("int", "float", "bool", "choice", "layer")
+
+
 @dataclass(frozen=True)
 class Param:
-    """One user-facing parameter of a method: its default and a one-line help text for the UI."""
+    """One user-facing parameter of a method, described well enough to build a widget or a CLI option.
+
+    Attributes:
+        default: the value used when the caller gives none (may be None when ``nullable``).
+        help: one line for the UI and ``--help``.
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``choices``) or ``"layer"`` (a
+            layer name of the model, see `conv_layer_names`).
+        minimum, maximum: inclusive bounds for ``int``/``float`` (None: unbounded). Bounds that depend
+            on the image size come from `Explainer.bounds`, not from here.
+        choices: the allowed values for ``"choice"``.
+        nullable: None is an accepted value (with a meaning given in ``help``).
+    """
 
     default: Any
     help: str
-    minimum: int | None = None
+    minimum: float | None = None
+    kind: str = "int"
+    maximum: float | None = None
+    choices: tuple = ()
+    nullable: bool = False
+
+    def __post_init__(self):
+        if self.kind not in PARAM_KINDS:
+            raise ValueError(f"Param kind must be one of {PARAM_KINDS}. Received: kind={self.kind!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,8 +132,10 @@ def class_indices(method: str, class_index, n_images: int, n_classes: int) -> np
 
 def check_int(method: str, name: str, value, low: int, high: int | None = None, why: str = "") -> int:
     """An int parameter within [low, high]; raises `ExplanationError` naming it otherwise."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or not (
-        low <= value and (high is None or value <= high)
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, (bool, np.bool_))
+        or not (low <= value and (high is None or value <= high))
     ):
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise ExplanationError(f"{method}: expected {name} an int {bound}{why}. Received: {name}={value!r}")
@@ -152,10 +177,10 @@ def scale_min_max(maps: tf.Tensor) -> tf.Tensor:
 
 # model -> {(method, options, height, width): _Entry holding a tf.function}. Weak keys: a dropped model frees its entry
 # (compiled functions hold the model only through a weak reference, see `graph.ScoreModel`).
-_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.RLock()
 # model -> {("raw", method, user params, height, width): tf.function}: skips re-checking parameters.
-_RESOLVED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_RESOLVED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 class _Entry:
@@ -190,7 +215,16 @@ class Explainer:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # "Authors Year, URL": shown in the README and the UI
+    units: ClassVar[str] = ""  # what one value of the raw map (normalize=False) measures
+    signed: ClassVar[bool] = False  # raw maps can be negative
+    randomized: ClassVar[bool] = False  # takes a seed; the same seed gives the same map
     params: ClassVar[Mapping[str, Param]] = {}
+
+    def bounds(self, height: int, width: int) -> dict[str, dict]:
+        """Per-parameter overrides of ``minimum``/``maximum``/``default`` for an image of this size
+        (e.g. occlusion's patch size at most the image side). The base has none."""
+        return {}
 
     def check_params(self, model, height: int, width: int, **params) -> dict:
         """Validates the user's parameters; returns the full, hashable options (defaults filled in).
@@ -230,10 +264,10 @@ class Explainer:
                 entry.function = self._compile(model, options, height, width)
         return entry.function
 
-    def _function_for(self, model, params: dict, height: int, width: int):
+    def _function_for(self, model, params: dict, height: int, width: int, normalize: bool = True):
         """`compiled` for the user's raw params, remembering their resolution (layer look-ups and all)."""
         try:
-            raw_key = ("raw", self.name, tuple(sorted(params.items())), height, width)
+            raw_key = ("raw", self.name, tuple(sorted(params.items())), height, width, normalize)
             hash(raw_key)
         except TypeError:  # unhashable values: check them every time (check_params will reject them)
             raw_key = None
@@ -242,7 +276,8 @@ class Explainer:
                 function = _RESOLVED.get(model, {}).get(raw_key)
             if function is not None:
                 return function
-        function = self.compiled(model, self.check_params(model, height, width, **params), height, width)
+        options = {**self.check_params(model, height, width, **params), "_normalize": bool(normalize)}
+        function = self.compiled(model, options, height, width)
         if raw_key is not None:
             with _CACHE_LOCK:
                 _RESOLVED.setdefault(model, {})[raw_key] = function
@@ -252,9 +287,12 @@ class Explainer:
         model_ref = weakref.ref(model)
         attribute, normalize = self.attribute, self.normalize
 
+        method_options = {k: v for k, v in options.items() if k != "_normalize"}
+        scale = options.get("_normalize", True)
+
         def explain_batch(images, class_index):
-            maps = attribute(model_ref(), images, class_index, options)
-            return normalize(tf.cast(maps, tf.float32))
+            maps = tf.cast(attribute(model_ref(), images, class_index, method_options), tf.float32)
+            return normalize(maps) if scale else maps
 
         function = tf.function(
             explain_batch,
@@ -268,16 +306,18 @@ class Explainer:
         function.get_concrete_function()  # trace now, under the entry's lock, not in a racing caller
         return function
 
-    def explain(self, model, images, class_index=None, **params) -> np.ndarray:
+    def explain(self, model, images, class_index=None, normalize: bool = True, **params) -> np.ndarray:
         """Explains ``images`` for ``model``; see `core.explain.explain` for the contract."""
+        if not isinstance(normalize, bool):
+            raise ExplanationError(f"{self.name}: expected normalize a bool. Received: normalize={normalize!r}")
         try:
-            return self._explain(model, images, class_index, params)
+            return self._explain(model, images, class_index, params, normalize)
         except ExplanationError as exc:  # every message names the method
             if str(exc).startswith(f"{self.name}:"):
                 raise
             raise ExplanationError(f"{self.name}: {exc}") from exc
 
-    def _explain(self, model, images, class_index, params: dict) -> np.ndarray:
+    def _explain(self, model, images, class_index, params: dict, normalize: bool = True) -> np.ndarray:
         from . import graph
 
         n_classes = graph.num_classes(model)
@@ -285,6 +325,8 @@ class Explainer:
         array = check_images(self.name, images, shape[1:3])
         height, width = array.shape[1:3]
         classes = class_indices(self.name, class_index, len(array), n_classes)
-        function = self._function_for(model, params, height, width)
-        maps = function(tf.constant(array), tf.constant(classes)).numpy()
-        return np.clip(np.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0).astype(np.float32)
+        function = self._function_for(model, params, height, width, normalize)
+        maps = np.nan_to_num(
+            function(tf.constant(array), tf.constant(classes)).numpy(), nan=0.0, posinf=0.0, neginf=0.0
+        )
+        return (np.clip(maps, 0.0, 1.0) if normalize else maps).astype(np.float32)

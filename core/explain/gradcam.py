@@ -10,7 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from . import graph
-from .base import ExplanationError, Explainer, Param, pick, resolve_classes
+from .base import Explainer, ExplanationError, Param, pick, resolve_classes
 
 
 def _ponderate_output():
@@ -37,12 +37,19 @@ class GradCAM(Explainer):
     name = "gradcam"
     title = "Grad-CAM"
     description = "Where the target layer's features raise the class score (coarse, class-discriminative)."
+    paper = "Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391"
+    units = "ReLU of the gradient-weighted sum of the layer's channels (score units), upsampled"
     params = {
-        "layer_name": Param(None, "Layer with a 4-D output to explain; None: the last one (see conv_layer_names)."),
-        "use_guided_grads": Param(
-            False, "Keep only positive gradients where activations are positive (tf-explain's default)."
+        "layer_name": Param(
+            None,
+            "Layer with a 4-D output to explain; None: the last one (see conv_layer_names).",
+            kind="layer",
+            nullable=True,
         ),
-        "use_softmax": Param(False, "Differentiate the probability (after softmax) instead of the score."),
+        "use_guided_grads": Param(
+            False, "Keep only positive gradients where activations are positive (tf-explain's default).", kind="bool"
+        ),
+        "use_softmax": Param(False, "Differentiate the probability (after softmax) instead of the score.", kind="bool"),
     }
 
     def check_params(self, model, height, width, **params):

@@ -20,7 +20,8 @@ layer. Nothing here is compiled or cached; `core.explain.base` does that.
 from __future__ import annotations
 
 import weakref
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf

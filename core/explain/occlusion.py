@@ -39,22 +39,40 @@ class OcclusionSensitivity(Explainer):
     name = "occlusion"
     title = "Occlusion sensitivity"
     description = "How much the class probability drops when a grey patch hides each region (model-agnostic, slow)."
+    paper = "Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901"
+    units = "drop in the class probability, averaged over the patches covering the pixel"
+    signed = True
     params = {
         "patch_size": Param(8, "Side of the grey square, in pixels.", minimum=1),
-        "stride": Param(None, "Step between patches, in pixels; None: patch_size.", minimum=1),
+        "stride": Param(None, "Step between patches, in pixels; None: patch_size.", minimum=1, nullable=True),
         "batch_size": Param(64, "Occluded copies per forward pass (bounds memory).", minimum=1),
     }
 
     def check_params(self, model, height, width, **params):
         options = super().check_params(model, height, width, **params)
         patch = check_int(
-            self.name, "patch_size", options["patch_size"], 1, min(height, width),
+            self.name,
+            "patch_size",
+            options["patch_size"],
+            1,
+            min(height, width),
             why=f" (the patch must fit the {height}x{width} image)",
         )
         stride = patch if options["stride"] is None else options["stride"]
         stride = check_int(self.name, "stride", stride, 1, patch, why=" (at most patch_size, to cover every pixel)")
         batch_size = check_int(self.name, "batch_size", options["batch_size"], 1)
         return {"patch_size": patch, "stride": stride, "batch_size": batch_size}
+
+    def bounds(self, height, width):
+        # Patches of at least 1/32 of the side keep occlusion to at most 32 x 32 = 1,024 forward passes;
+        # copies per pass hold about 4 million pixels, so memory stays bounded at any input size.
+        side = min(height, width)
+        low, high = max(1, side // 32), max(1, side // 2)
+        return {
+            "patch_size": {"minimum": low, "maximum": high, "default": max(low, min(high, side // 8))},
+            "stride": {"maximum": high},
+            "batch_size": {"maximum": 1024, "default": int(max(1, min(64, 2**22 // (height * width))))},
+        }
 
     def normalize(self, maps):
         return scale_min_max(maps)

@@ -16,6 +16,8 @@ class VanillaGradients(Explainer):
     name = "vanilla_gradients"
     title = "Vanilla gradients"
     description = "How strongly each pixel's change would move the class score (fine-grained, noisy)."
+    paper = "Simonyan et al. 2013, https://arxiv.org/abs/1312.6034"
+    units = "|d score / d pixel| summed over the colour channels (score units per pixel value)"
     params = {}
 
     def attribute(self, model, images, class_index, options):
