@@ -36,9 +36,13 @@ if run is None:
             "on a laptop CPU. It runs once; later starts reuse it."
         )
         if st.button("Create the demo run", type="primary", key="create_demo", icon=":material/play_arrow:"):
-            demo.start_demo_process(workspace())
-            st.rerun()
-        st.caption("Or bring your own: train on an image folder (**Training**) or import a model (**Import a model**).")
+            try:
+                demo.start_demo_process(workspace())
+            except (ValueError, OSError) as exc:  # the workspace is a file or read-only; a demo already starting
+                st.error(f"The demo could not be started: {exc}")
+            else:
+                st.rerun()
+        st.caption("Or bring your own: train on an image folder (**Training**) or import a model (**Import model**).")
     st.stop()
 
 st.subheader("Current run")
@@ -61,6 +65,6 @@ links[0].page_link("pages/1_Dataset.py", label="Dataset", icon=":material/photo_
 links[1].page_link("pages/2_Training.py", label="Training", icon=":material/show_chart:")
 links[2].page_link("pages/3_Evaluation.py", label="Evaluation", icon=":material/grid_on:")
 links[3].page_link("pages/4_Explainer.py", label="Explainer", icon=":material/visibility:")
-links[4].page_link("pages/5_Import_model.py", label="Import a model", icon=":material/upload_file:")
+links[4].page_link("pages/5_Import_model.py", label="Import model", icon=":material/upload_file:")
 
 st.caption(f"TensorFlow {system.tensorflow_version() or 'not installed'} · device: {system.device_in_use()}")

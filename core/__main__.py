@@ -1,23 +1,70 @@
-"""Command line: ``python -m core {demo,dataset,train,import-model,evaluate,explain,bench} ...``
+"""Command line: ``python -m core {demo,dataset,train,import-model,evaluate,explain,audit,trust,serve,feedback,
+embed,report,mlflow-log,bench} ...``
 (``--help`` on each). The same functions back the dashboard."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 
 
-def _add_workspace(parser):
+def _add_workspace(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=None, help="workspace folder (default: $XAI_WORKSPACE or ./workspace)")
 
 
-def cmd_demo(args) -> int:
+# ---- numbers checked when parsed: "argument --seed: must be 0 or more. Received: -5" --------------
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number. Received: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            expected = f"between {low} and {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {expected}. Received: {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _number(low: float, high: float, low_open: bool = False, high_open: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if not math.isfinite(value) or too_low or too_high:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}. Received: {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+SEED = _integer(0, 2**32 - 1)
+FRACTION = _number(0.0, 1.0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from core import demo, runs
 
     workspace = runs.workspace_dir(args.workspace)
+    if args.shortcut:
+        from core import shortcut_demo
 
-    run = demo.create_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
+        run = shortcut_demo.create_shortcut_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
+    else:
+        run = demo.create_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
     print(
         f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
         f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}"
@@ -26,10 +73,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_dataset(args) -> int:
+def cmd_dataset(args: argparse.Namespace) -> int:
     from core.data import scan_dataset
+    from core.split_checks import split_problems, split_warnings
 
-    summary = scan_dataset(args.dir, seed=args.seed).summary()
+    index = scan_dataset(args.dir, args.val_fraction, args.test_fraction, seed=args.seed, group_split=args.group_split)
+    summary = index.summary()
+    summary["problems"], summary["warnings"] = split_problems(index), split_warnings(index)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -39,10 +89,18 @@ def cmd_dataset(args) -> int:
     print(f"  sizes: {summary['image_sizes']}; colour modes: {summary['colour_modes']}")
     for item in summary["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    for message in summary["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
+    for message in summary["problems"]:
+        print(f"cannot be trained and evaluated: {message}", file=sys.stderr)
     return 0
 
 
-def _print_epoch(info):
+def _print_epoch(info: dict) -> None:
+    if info.get("stage") == "warnings":
+        for message in info.get("warnings", []):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        return
     if info.get("final"):
         print(
             f"epoch {info['epoch']}/{info['epochs']}: loss {info.get('loss', float('nan')):.4f} "
@@ -54,7 +112,21 @@ def _print_epoch(info):
         print(info.get("message", info.get("stage")), flush=True)
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
+    from core import jobs, runs
+
+    workspace = runs.workspace_dir(args.workspace)
+    if not args.job:
+        return _train(args, workspace)
+    try:
+        with jobs.reporting(workspace, args.job) as reporter:
+            return _train(args, workspace, reporter)
+    except jobs.JobCancelled as exc:
+        print(str(exc))
+        return 1
+
+
+def _train(args: argparse.Namespace, workspace, reporter=None) -> int:
     from core import runs
     from core.training import TrainingConfig, train
 
@@ -73,7 +145,22 @@ def cmd_train(args) -> int:
         test_fraction=args.test_fraction,
         group_split=args.group_split,
     )
-    run = train(runs.workspace_dir(args.workspace), args.data, config, name=args.name, progress=_print_epoch)
+
+    def progress(info: dict) -> None:
+        _print_epoch(info)
+        if reporter is not None and info.get("stage") == "warnings":
+            reporter.warnings(info.get("warnings", []))
+
+    run = train(
+        workspace,
+        args.data,
+        config,
+        name=args.name,
+        progress=progress,
+        on_run_created=reporter.run_created if reporter is not None else None,
+    )
+    if reporter is not None:
+        reporter.finished(run)
     if run.status != runs.COMPLETE:
         print(f"Run {run.id} {run.status}: {run.meta.get('error')}")
         return 1
@@ -82,9 +169,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_import_model(args) -> int:
+def cmd_import_model(args: argparse.Namespace) -> int:
     from core import runs
-    from core.model_import import import_run
+    from core.importing import import_run
 
     class_names = args.class_names.split(",") if args.class_names else None
     run = import_run(
@@ -95,18 +182,39 @@ def cmd_import_model(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from core import runs
-    from core.training import evaluate
+    from core.finishing import evaluate
 
     run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
     metrics = evaluate(run)
     runs.update_run(run, test_accuracy=metrics["accuracy"], roc_auc_macro=metrics["roc_auc_macro"])
-    print(json.dumps({k: metrics[k] for k in ("accuracy", "roc_auc_macro", "per_class")}, indent=2))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(f"Run {run.id} on {metrics['n_samples']} test images:")
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("roc_auc_macro", "macro ROC AUC")):
+        value = metrics["accuracy"] if key == "accuracy" else metrics.get(key)
+        if key == "macro_f1":
+            value = (metrics.get("macro_avg") or {}).get("f1")
+        interval = (metrics.get("confidence_intervals") or {}).get(key)
+        shown = "n/a" if value is None else f"{value:.4f}"
+        if interval:
+            shown += f"  (95% interval {interval[0]:.4f} - {interval[1]:.4f})"
+        print(f"  {label:14s} {shown}")
+    if metrics.get("ece") is not None:
+        print(f"  {'ECE':14s} {metrics['ece']:.4f}  (15 bins, top label)")
+        print(f"  {'Brier':14s} {metrics['brier']:.4f}")
+    for name, values in metrics["per_class"].items():
+        print(f"  {name}: precision {values['precision']:.3f} recall {values['recall']:.3f} f1 {values['f1']:.3f}")
     return 0
 
 
-def cmd_bench(args, rest) -> int:
+def cmd_bench(args: argparse.Namespace | None, rest: list[str]) -> int:
+    if "--trust" in rest:
+        from core import bench_trust
+
+        return bench_trust.main([a for a in rest if a != "--trust"]) or 0
     from core import bench
 
     return bench.main(rest) or 0
@@ -120,11 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the synthetic shapes dataset, train the demo model, save the run")
     _add_workspace(p)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=_integer(1, 500), default=8)
+    p.add_argument(
+        "--shortcut",
+        action="store_true",
+        help="the demo with a planted shortcut (one class carries a bright tag in a corner), for the audit",
+    )
 
     p = sub.add_parser("dataset", help="scan an image folder and print its summary")
     p.add_argument("dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the split (class layout)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.15, help="share of each class for validation")
+    p.add_argument("--test-fraction", type=FRACTION, default=0.15, help="share of each class for testing")
+    p.add_argument(
+        "--group-split",
+        action="store_true",
+        help="keep each sub-folder of a class (one patient, say) in a single split",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     from core.catalog import ARCHITECTURE_NAMES, PREPROCESSING_DESCRIPTIONS, PREPROCESSING_MODES  # no TensorFlow
@@ -138,32 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["imagenet", "none"],
         help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch",
     )
-    p.add_argument("--img-size", type=int, default=224, help="input size in pixels (square)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the first phase")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the first phase")
+    p.add_argument("--img-size", type=_integer(16, 1024), default=224, help="input size in pixels (square)")
+    p.add_argument("--epochs", type=_integer(1, 10_000), default=10, help="epochs of the first phase")
+    p.add_argument("--batch-size", type=_integer(1, 65_536), default=32)
+    p.add_argument("--lr", type=_number(0.0, 1.0, low_open=True), default=1e-3, help="learning rate of the first phase")
     p.add_argument("--augment", action="store_true", help="random flips, crops and zoom while training")
     p.add_argument(
         "--class-weights",
-        choices=["auto", "none"],
+        choices=["always", "none", "auto"],
         default=None,
-        help="auto: always weight classes by inverse frequency (default: only when imbalanced)",
+        help="always: weight classes by inverse frequency; none: never (default: only when imbalanced, "
+        "largest class over 1.5x the smallest); auto: old name of always",
     )
     p.add_argument(
         "--fine-tune-epochs",
-        type=int,
+        type=_integer(0, 10_000),
         default=0,
         help="epochs of a second phase: top of the backbone unfrozen, learning rate / 10",
     )
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.15)
+    p.add_argument("--test-fraction", type=FRACTION, default=0.15)
     p.add_argument(
         "--group-split",
         action="store_true",
         help="keep each sub-folder of a class (one patient, say) in a single split",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--name", default=None, help="a name for the run")
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # set by the dashboard: the job record to update
     _add_workspace(p)
 
     p = sub.add_parser("import-model", help="create a run from a model you trained (.keras, .h5, SavedModel)")
@@ -181,22 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's model on its test split again")
     p.add_argument("run", help="run id (folder name under <workspace>/runs) or a run folder")
+    p.add_argument("--json", action="store_true", help="print metrics.json (ECE, Brier, intervals included)")
     _add_workspace(p)
 
-    from core import cli_explain
+    from core import cli_explain, cli_serve, cli_trust
 
     cli_explain.add_parser(sub, _add_workspace)
+    cli_trust.add_parsers(sub, _add_workspace)
+    cli_serve.add_parsers(sub, _add_workspace)
 
-    sub.add_parser("bench", help="latency of each method vs tf-explain and vs a bare tf.function", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="latency of each method vs tf-explain and vs a bare tf.function (--trust: the trust metrics' ratios)",
+        add_help=False,
+    )
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit code: 0 done, 1 a run that did not complete, 2 an error the
+    user can fix (printed as one line, never a traceback; ``XAI_DEBUG=1`` shows it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         return cmd_bench(None, argv[1:])
     args = build_parser().parse_args(argv)
-    from core import cli_explain
+    from core import cli_explain, cli_serve, cli_trust
 
     handlers = {
         "demo": cmd_demo,
@@ -205,11 +336,22 @@ def main(argv=None) -> int:
         "import-model": cmd_import_model,
         "evaluate": cmd_evaluate,
         "explain": cli_explain.run,
+        "audit": cli_trust.run_audit,
+        "trust": cli_trust.run_trust,
+        **cli_serve.HANDLERS,
     }
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:  # our errors are ValueErrors with a clear message
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, not a traceback (XAI_DEBUG=1 shows it)
+        if os.environ.get("XAI_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set XAI_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

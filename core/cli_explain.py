@@ -1,77 +1,366 @@
-"""``python -m core explain``: its arguments and what it does (kept apart from ``core/__main__.py``)."""
+"""``python -m core explain``: its arguments and what it does (kept apart from ``core/__main__.py``).
+
+Every method and parameter comes from `core.explain.describe`; nothing here names a method. Every
+argument is checked (methods, ``--param`` values against each method's kinds and bounds, images, the
+run and its class names, the model) before the first file is written.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import sys
+import time
 from pathlib import Path
+
+DEFAULT_METHODS = "gradcam,occlusion,vanilla_gradients"
+NONE_WORDS = ("none", "null")
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+# Older flags kept as aliases: each sets the parameter of that name on every chosen method that has it.
+ALIASES = {"layer_name": "--layer-name", "patch_size": "--patch-size"}
+
+
+def _opacity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected an opacity between 0 and 1. Received: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1. Received: {text!r}")
+    return value
 
 
 def add_parser(sub, add_workspace) -> None:
     """Adds the ``explain`` sub-command to ``sub`` (an argparse sub-parsers object)."""
-    p = sub.add_parser("explain", help="explain one image with several methods; write overlays, maps, JSON")
-    p.add_argument("run")
-    p.add_argument("--image", required=True)
-    p.add_argument("--methods", default="gradcam,occlusion,vanilla_gradients")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--class-name", default=None, help="class to explain (default: the predicted class)")
-    p.add_argument("--layer-name", default=None, help="Grad-CAM layer (default: the last 4-D layer)")
-    p.add_argument("--patch-size", type=int, default=None, help="occlusion patch size in pixels")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    from core.visualize import COLORMAPS  # numpy only: building the parser stays fast
+
+    p = sub.add_parser(
+        "explain",
+        help="explain images with several methods; write overlays, heatmaps, maps and a JSON report",
+        description="Explain one image (--image) or many (--images: files and folders, in batches) with any "
+        "methods; per image: overlays and heatmaps (PNG), maps (.npy/.npz) at the original image size, and "
+        "explanation.json. `--list-methods` prints every method with its parameters.",
+    )
+    p.add_argument("run", nargs="?", help="run id (folder name under <workspace>/runs) or a run folder")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--image", help="one image file; its files are written into --out")
+    source.add_argument(
+        "--images", nargs="+", metavar="DIR_OR_FILE", help="image files and folders (searched recursively); "
+        "each image gets a sub-folder of --out"
+    )  # fmt: skip
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"'all' or a comma list (default: {DEFAULT_METHODS})")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method's parameter, repeatable (e.g. occlusion.patch_size=8, gradcam.layer_name=top_conv, "
+        "occlusion.stride=none); see --list-methods",
+    )
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--class-name", default=None, help="class to explain (default: each image's predicted class)")
+    p.add_argument("--layer-name", default=None, help="alias of --param METHOD.layer_name=... for every method")
+    p.add_argument("--patch-size", default=None, help="alias of --param METHOD.patch_size=... for every method")
+    p.add_argument("--alpha", type=_opacity, default=0.5, help="overlay opacity, 0 to 1 (default 0.5)")
+    p.add_argument("--colormap", choices=COLORMAPS, default="jet")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default 16)")
+    p.add_argument("--list-methods", action="store_true", help="print every method and its parameters, then exit")
     add_workspace(p)
 
 
-def run(args) -> int:
-    """Explains one image with several methods; writes overlays, heatmaps, raw maps and a JSON report."""
-    import numpy as np
-    from PIL import Image
+# ----------------------------------------------------------------------------------------------
+# Parsing and checking (no file is written here)
 
-    from core import runs
-    from core.compare import explain_side_by_side
-    from core.data import load_image
+
+def parse_methods(text: str) -> list[str]:
+    """``"all"`` or a comma list -> method names; raises ValueError naming the unknown ones."""
     from core.explain import METHODS
-    from core.model_import import load_run_model
-    from core.models import input_size
-    from core.visualize import colorize, overlay
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if text.strip() == "all":
+        return list(METHODS)
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}. Expected some of {list(METHODS)}")
-    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
-    model = load_run_model(run.path)
-    image = load_image(args.image, input_size(model))
-    class_names = run.class_names
+        raise ValueError(f"Unknown method(s) {unknown}. Expected 'all' or some of {list(METHODS)}")
+    if not methods:
+        raise ValueError(f"Expected at least one method in --methods. Received: {text!r}")
+    return methods
+
+
+def parse_value(method: str, name: str, entry: dict, text: str):
+    """One ``--param`` value converted to the kind `describe` gives; raises ValueError saying what was
+    expected. Bounds checked here are the size-independent ones (see `check_bounds`)."""
+    where = f"--param {method}.{name}"
+    word = text.strip().lower()
+    if word in NONE_WORDS:
+        if entry["nullable"]:
+            return None
+        raise ValueError(f"{where}: None is not accepted ({entry['help']}). Received: {text!r}")
+    kind = entry["kind"]
+    if kind == "bool":
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ValueError(f"{where}: expected a bool (true/false). Received: {text!r}")
+    if kind == "choice":
+        for choice in entry["choices"]:
+            if str(choice) == text.strip():
+                return choice
+        raise ValueError(f"{where}: expected one of {[str(c) for c in entry['choices']]}. Received: {text!r}")
+    if kind == "layer":
+        if not text.strip():
+            raise ValueError(f"{where}: expected a layer name. Received: an empty value")
+        return text.strip()
+    try:
+        value = int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise ValueError(f"{where}: expected {'an int' if kind == 'int' else 'a number'}. Received: {text!r}") from None
+    if kind == "float" and not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number. Received: {text!r}")
+    return _within(where, entry, value)
+
+
+def _within(where: str, entry: dict, value):
+    low, high = entry["minimum"], entry["maximum"]
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if low is not None and high is not None else (
+            f">= {low}" if low is not None else f"<= {high}"
+        )  # fmt: skip
+        raise ValueError(f"{where}: expected a value {bounds}. Received: {value!r}")
+    return value
+
+
+def parse_params(texts, methods, aliases: dict | None = None) -> dict[str, dict]:
+    """``["METHOD.NAME=VALUE", ...]`` (and alias values ``{param name: text}``) -> ``{method: {name: value}}``.
+
+    Raises ValueError for bad syntax, a method not among ``methods``, an unknown parameter, a value of
+    the wrong kind, a parameter given twice, or an alias no chosen method takes.
+    """
+    from core.explain import describe
+
+    specs = {method: describe(method)["params"] for method in methods}
+    params: dict[str, dict] = {method: {} for method in methods}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        method, dot, name = key.strip().rpartition(".")
+        if not sep or not dot or not method or not name:
+            raise ValueError(f"Expected --param METHOD.NAME=VALUE (e.g. occlusion.patch_size=8). Received: {text!r}")
+        if method not in specs:
+            raise ValueError(f"--param {key}: {method!r} is not among the chosen methods {list(methods)}")
+        if name not in specs[method]:
+            raise ValueError(
+                f"--param {key}: {method} takes {sorted(specs[method]) or 'no parameters'}. Received: {name!r}"
+            )
+        if name in params[method]:
+            raise ValueError(f"--param {key} is given twice")
+        params[method][name] = parse_value(method, name, specs[method][name], value)
+    for name, text in (aliases or {}).items():
+        if text is None:
+            continue
+        takers = [m for m in methods if name in specs[m]]
+        if not takers:
+            raise ValueError(f"{ALIASES.get(name, name)} applies to none of the chosen methods {list(methods)}")
+        for method in takers:
+            if name not in params[method]:
+                params[method][name] = parse_value(method, name, specs[method][name], text)
+    return {method: values for method, values in params.items() if values}
+
+
+def check_bounds(params: dict[str, dict], input_size: tuple[int, int], layers: list[str]) -> None:
+    """Checks values against the bounds `describe` gives for the model's input size, and layer names
+    against the model's layers; raises ValueError."""
+    from core.explain import describe
+
+    for method, values in params.items():
+        spec = describe(method, tuple(input_size))["params"]
+        for name, value in values.items():
+            entry, where = spec[name], f"--param {method}.{name}"
+            if value is None:
+                continue
+            if entry["kind"] == "layer" and value not in layers:
+                shown = ", ".join(layers[-12:]) or "none"
+                raise ValueError(f"{where}: the model has no layer {value!r} with a 4-D output. Layers: {shown}")
+            if entry["kind"] in ("int", "float"):
+                _within(f"{where} (for the model's {input_size[0]}x{input_size[1]} input)", entry, value)
+
+
+def image_files(sources) -> list[tuple[Path, str]]:
+    """Image files from paths (files and folders, folders searched recursively, sorted), each with a
+    unique output folder name; raises ValueError for a missing path or a folder without images."""
+    from core.data import IMAGE_EXTENSIONS
+
+    found: list[tuple[Path, str]] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            found.append((path, path.stem))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {path}")
+            found.extend((f, "__".join(f.relative_to(path).with_suffix("").parts)) for f in files)
+        else:
+            raise ValueError(f"No such image file or folder: {path}")
+    used: dict[str, int] = {}
+    unique = []
+    for path, name in found:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+        used[safe] = used.get(safe, 0) + 1
+        unique.append((path, safe if used[safe] == 1 else f"{safe}-{used[safe]}"))
+    return unique
+
+
+def checked_class_names(run, num_classes: int | None = None) -> list[str]:
+    """The run's class names, or ValueError when they are missing, malformed or do not fit the model."""
+    names = run.meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(
+            f"Run {run.id}: expected class_names in run.json as a list of non-empty strings. Received: {names!r}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"Run {run.id}: class_names in run.json repeat a name. Received: {names}")
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(
+            f"Run {run.id}: run.json lists {len(names)} class names {names} but the model has {num_classes} outputs"
+        )
+    return names
+
+
+def list_methods() -> str:
+    """Every method and its parameters, as ``--list-methods`` prints them."""
+    from core.explain import METHODS, describe
+
+    lines = []
+    for method in METHODS:
+        info = describe(method)
+        lines.append(f"{method}: {info['title']}. {info['description']}")
+        for name, entry in info["params"].items():
+            kind = "one of " + "/".join(map(str, entry["choices"])) if entry["kind"] == "choice" else entry["kind"]
+            bounds = "" if entry["minimum"] is None else f", >= {entry['minimum']}"
+            bounds += "" if entry["maximum"] is None else f", <= {entry['maximum']}"
+            none = ", or none" if entry["nullable"] else ""
+            lines.append(f"  {method}.{name}={entry['default']} ({kind}{bounds}{none}): {entry['help']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def _progress(done: int, total: int, started: float, stream=None) -> None:
+    stream = stream or sys.stderr
+    width = 30
+    filled = round(width * done / total) if total else width
+    end = "\n" if done >= total else ""
+    stream.write(
+        f"\rexplain [{'#' * filled}{'-' * (width - filled)}] {done}/{total} images, {time.perf_counter() - started:.1f} s"
+        + end
+    )
+    stream.flush()
+
+
+def _write(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def run(args) -> int:
+    """Explains the images; writes, per image, overlays, heatmaps, maps and explanation.json."""
+    if args.list_methods:
+        print(list_methods())
+        return 0
+    if not args.run:
+        raise ValueError("Expected a run id (or run folder) as the first argument")
+    if not args.out:
+        raise ValueError("Expected --out, the output folder")
+    if not args.image and not args.images:
+        raise ValueError("Expected --image FILE or --images DIR_OR_FILE ...")
+    methods = parse_methods(args.methods)
+    params = parse_params(args.param, methods, {"layer_name": args.layer_name, "patch_size": args.patch_size})
+    sources = image_files([args.image] if args.image else args.images)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out must be a folder. Received: {out}, an existing file")
+
+    from core import runs
+
+    run_ = runs.find_run(runs.workspace_dir(args.workspace), args.run)
+    class_names = checked_class_names(run_)
     class_index = None
     if args.class_name is not None:
         if args.class_name not in class_names:
             raise ValueError(f"Unknown class {args.class_name!r}. Expected one of {class_names}")
         class_index = class_names.index(args.class_name)
-    params = {"occlusion": {"patch_size": args.patch_size}} if args.patch_size is not None else {}
-    if args.layer_name:
-        params["gradcam"] = {"layer_name": args.layer_name}
-    probs, results = explain_side_by_side(model, image, methods, class_index, params)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(out / "input.png")
-    target = int(np.argmax(probs)) if class_index is None else class_index
-    report = {
-        "run": run.id,
-        "image": str(args.image),
-        "predicted_class": class_names[int(np.argmax(probs))],
-        "target_class": class_names[target],
-        "probabilities": {c: float(p) for c, p in zip(class_names, probs)},
-        "methods": {},
-    }
-    for result in results:
-        entry = {"seconds": round(result.seconds, 4)}
-        if result.error:
-            entry["error"] = result.error
-        else:
-            np.save(out / f"{result.method}.npy", result.saliency)
-            Image.fromarray(colorize(result.saliency)).save(out / f"{result.method}_heatmap.png")
-            Image.fromarray(overlay(image, result.saliency, args.alpha)).save(out / f"{result.method}_overlay.png")
-            entry.update({"map": f"{result.method}.npy", "overlay": f"{result.method}_overlay.png"})
-        report["methods"][result.method] = entry
-    (out / "explanation.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0 if all(r.error is None for r in results) else 1
+
+    import numpy as np
+
+    from core.compare import explain_batch, explanation_files, validate_params
+    from core.data import ImageError, load_image
+    from core.explain import conv_layer_names
+    from core.explain.graph import num_classes
+    from core.model_import import load_run_model
+    from core.models import input_size
+    from core.visualize import resize_image
+
+    model = load_run_model(run_.path)
+    size = input_size(model)
+    checked_class_names(run_, num_classes(model))
+    needs_layers = any(isinstance(v, str) for values in params.values() for v in values.values())
+    check_bounds(params, size, conv_layer_names(model) if needs_layers else [])
+    validate_params(model, methods, params)
+    single = args.image is not None
+    first = load_image(sources[0][0]) if single else None  # an unreadable --image fails here, before any write
+    summary = {"run": run_.id, "out": str(out), "methods": methods, "images": []}
+    started = time.perf_counter()
+    failed = False
+    if not single:
+        _progress(0, len(sources), started)
+    for start in range(0, len(sources), args.batch_size):
+        chunk = sources[start : start + args.batch_size]
+        originals, names, paths = [], [], []
+        for path, name in chunk:
+            try:
+                originals.append(first if first is not None else load_image(path))
+                names.append(name)
+                paths.append(path)
+            except (ImageError, OSError) as exc:
+                failed = True
+                summary["images"].append({"image": str(path), "error": str(exc)})
+                print(f"\nskipped {path}: {exc}", file=sys.stderr)
+        if originals:
+            batch = np.stack([resize_image(image, size) for image in originals])
+            probs, per_image = explain_batch(model, batch, methods, class_index, params)
+            for original, name, path, p, results in zip(originals, names, paths, probs, per_image):
+                extra = {"run": run_.id, "image": str(path), "model_input_size": list(size)}
+                files, report = explanation_files(
+                    original, p, results, class_names, alpha=args.alpha, colormap=args.colormap, extra=extra
+                )
+                folder = out if single else out / name
+                _write(folder, files)
+                failed = failed or any(r.error for r in results)
+                entry = {"image": str(path), "folder": str(folder), "predicted_class": report["predicted_class"]}
+                summary["images"].append(entry)
+                if single:
+                    print(json.dumps(report, indent=2, default=str))
+        if not single:
+            _progress(min(start + args.batch_size, len(sources)), len(sources), started)
+    if not single:
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+    return 1 if failed else 0

@@ -9,8 +9,10 @@ the reason; they never stop a scan. This module does not import TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import stat
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +41,34 @@ class DatasetError(ValueError):
 # Decoding
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _check_regular_file(path) -> None:
+    """Refuses, before anything opens it, a path that is not a non-empty regular file (links followed).
+
+    Opening a FIFO would block and a device can be endless, so only ``stat`` is used here.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageError(f"The file cannot be read: {exc.strerror or exc}.") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"Not a regular file: it is {_file_kind(info.st_mode)}.")
+    if info.st_size == 0:
+        raise ImageError("The file is empty (0 bytes).")
+
+
 def _open_checked(source) -> Image.Image:
     """Opens an image lazily and refuses what is not an image, empty, or too large to decode."""
     if isinstance(source, (bytes, bytearray)):
@@ -49,8 +79,8 @@ def _open_checked(source) -> Image.Image:
                 f"The file is {len(source) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB."
             )
         source = io.BytesIO(source)
-    elif os.path.getsize(source) == 0:
-        raise ImageError("The file is empty (0 bytes).")
+    else:
+        _check_regular_file(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -123,22 +153,37 @@ def load_thumbnail(source, max_side: int = 160) -> np.ndarray:
 
 
 def load_images(paths, size: tuple[int, int]) -> np.ndarray:
-    """A float32 batch (N, H, W, 3) of pixel values 0-255."""
+    """A float32 batch (N, H, W, 3) of pixel values 0-255.
+
+    Raises:
+        ImageError: one of the files cannot be read; the message starts with its path.
+    """
     batch = np.zeros((len(paths), size[0], size[1], 3), dtype=np.float32)
     for i, path in enumerate(paths):
-        batch[i] = load_image(path, size)
+        try:
+            batch[i] = load_image(path, size)
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
     return batch
 
 
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: displayed width and height swap
+
+
 def image_header(path) -> tuple[int, int, str]:
-    """(width, height, mode) of an image after the checks of `load_image`, decoding it fully so that
-    truncated or corrupt files are caught when a folder is scanned, not in the middle of training."""
+    """(width, height, mode) of an image as displayed (EXIF rotation applied), after the checks of
+    `load_image`, decoding it fully so that truncated or corrupt files are caught when a folder is
+    scanned, not in the middle of training."""
     image = _open_checked(path)
     width, height, mode = image.size[0], image.size[1], image.mode
     try:
         image.load()
+        orientation = image.getexif().get(EXIF_ORIENTATION)
     except Exception as exc:
         raise ImageError(f"The image data is truncated or corrupt: {exc}") from exc
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
     return width, height, mode
 
 
@@ -187,16 +232,105 @@ class DatasetIndex:
         }
 
 
-def _image_files(folder: Path):
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _link_problem(path: Path, root_real: Path) -> str | None:
+    """Why the symbolic link ``path`` inside a dataset is not followed, or None when it may be.
+
+    A link may point anywhere inside the dataset except back up the tree (its own folder or one of
+    that folder's parents: following it would pull the tree in again, under another label).
+    """
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "a broken or looping symbolic link; not followed"
+    if target != root_real and root_real not in target.parents:
+        return f"a symbolic link to {target}, outside the dataset; not followed"
+    here = path.parent.resolve()
+    if target == here or target in here.parents:
+        return f"a symbolic link back up the folder tree (to {target}); not followed"
+    return None
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+class _Walker:
+    """Lists a dataset's folders and files once each: hidden names ignored, unsafe links skipped with
+    the reason, a folder or file reached twice (through links) counted once."""
+
+    def __init__(self, root: Path):
+        self.root_real = Path(root).resolve()
+        self.skipped: list[tuple[str, str]] = []
+        self.seen_dirs: dict[str, Path] = {}
+        self.seen_files: dict[str, Path] = {}
+        self.links: set[Path] = set()  # entries that are symbolic links (resolved one by one)
+
+    def entries(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """(sub-folders, other entries) of ``folder``, sorted by name."""
+        try:
+            listing = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            self.skipped.append((str(folder), f"the folder cannot be listed: {exc.strerror or exc}"))
+            return [], []
+        dirs, files = [], []
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                problem = _link_problem(path, self.root_real)
+                if problem:
+                    self.skipped.append((str(path), problem))
+                    continue
+                self.links.add(path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(path)
+        return dirs, files
+
+    def enter(self, folder: Path) -> bool:
+        """False (and the folder listed as skipped) when the folder was already scanned by another path."""
+        real = os.path.realpath(folder)
+        if real in self.seen_dirs:
+            self.skipped.append((str(folder), f"the same folder as {self.seen_dirs[real]}; scanned once"))
+            return False
+        self.seen_dirs[real] = folder
+        return True
+
+    def files(self, folder: Path, entered: bool = False):
+        """Every file under ``folder`` (depth first, files of a folder before its sub-folders);
+        ``entered``: `enter` was already called for ``folder``."""
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            if not (entered and current is folder) and not self.enter(current):
+                continue
+            here = os.path.realpath(current)
+            dirs, files = self.entries(current)
+            for path in files:
+                real = os.path.realpath(path) if path in self.links else os.path.join(here, path.name)
+                if real in self.seen_files:
+                    self.skipped.append((str(path), f"the same file as {self.seen_files[real]}; counted once"))
+                    continue
+                self.seen_files[real] = path
+                yield path
+            stack.extend(reversed(dirs))
+
+
+def folder_signature(root) -> str:
+    """A cheap fingerprint of a folder tree: every name, size and modification time (the same files the
+    scan would see; nothing is opened). It changes when a file is added, removed, replaced or edited, so
+    a cached scan can be keyed on it. About 0.1 ms per file (0.3 s for 3,000 files on 2 busy cores)."""
+    root = Path(root)
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    walker = _Walker(root)
+    for path in walker.files(root):
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_mode}\n".encode())
+        except OSError as exc:
+            digest.update(f"{path}\0{exc.errno}\n".encode())
+    for path, reason in walker.skipped:
+        digest.update(f"{path}\0{reason}\n".encode())
+    return digest.hexdigest()
 
 
 def scan_dataset(
@@ -217,12 +351,14 @@ def scan_dataset(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"Expected a folder of images. Received: {root} (not a folder)")
-    subdirs = _class_dirs(root)
+    walker = _Walker(root)
+    walker.enter(root)
+    subdirs, top_files = walker.entries(root)
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
-    rows, skipped = [], []
+    rows, skipped = [], walker.skipped
 
     def add_files(class_name: str, folder: Path, split: str | None):
-        for path in _image_files(folder):
+        for path in walker.files(folder, entered=True):
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append((str(path), f"not an image file (extension {path.suffix or 'none'})"))
                 continue
@@ -235,24 +371,28 @@ def scan_dataset(
             group = relative[0] if len(relative) > 1 else str(path)  # one sub-folder = one patient
             rows.append((str(path), split, class_name, width, height, mode, group))
 
+    all_class_dirs = set()
     if "train" in split_dirs:
         layout = "splits"
         for split, folder in split_dirs.items():
-            for class_dir in _class_dirs(folder):
-                add_files(class_dir.name, class_dir, split)
+            if not walker.enter(folder):
+                continue
+            for class_dir in walker.entries(folder)[0]:
+                if walker.enter(class_dir):
+                    all_class_dirs.add(class_dir.name)
+                    add_files(class_dir.name, class_dir, split)
     else:
         layout = "classes"
         for class_dir in subdirs:
-            add_files(class_dir.name, class_dir, None)
+            if walker.enter(class_dir):
+                all_class_dirs.add(class_dir.name)
+                add_files(class_dir.name, class_dir, None)
 
     found_dirs = {row[2] for row in rows}
-    all_class_dirs = sorted(
-        {d.name for f in (split_dirs.values() if layout == "splits" else [root]) for d in _class_dirs(f)}
-    )
+    all_class_dirs = sorted(all_class_dirs)
     if not all_class_dirs:
         raise DatasetError(
-            f"Expected one sub-folder per class in {root}. Found no sub-folders"
-            f" ({sum(1 for _ in _image_files(root))} files at the top level)."
+            f"Expected one sub-folder per class in {root}. Found no sub-folders ({len(top_files)} files at the top level)."
         )
     for fraction, name in ((val_fraction, "val_fraction"), (test_fraction, "test_fraction")):
         if not 0 <= fraction < 1:

@@ -1,15 +1,19 @@
 """The built-in demo: a synthetic shapes dataset and a compact CNN trained on it, fully offline.
 
 ``create_demo_run`` is idempotent: it reuses a finished demo dataset and a complete demo run, and a
-lock file keeps two processes (two browser tabs, say) from creating the demo at the same time.
+lock (``flock`` on ``.demo.lock``, held by the creating process for its lifetime) keeps two processes
+(two browser tabs, say) from creating the demo at the same time. The page takes the lock and hands it
+to the ``python -m core demo`` child, so "in progress" is exact from the first rerun on.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-from core import runs, shapes
+from core import locks, runs, shapes
 
 DEMO_NAME = "demo-shapes"
 DEMO_DATASET = "demo_shapes"
@@ -19,11 +23,35 @@ LOCK_FILE = ".demo.lock"
 LOG_FILE = "demo.log"
 
 
-def demo_dataset_dir(workspace) -> Path:
+class WorkspaceError(ValueError):
+    """The workspace path cannot hold runs (a file, say); the message says what to do."""
+
+
+def check_workspace(workspace: str | os.PathLike) -> Path:
+    """The workspace as a usable folder (created if missing).
+
+    Raises:
+        WorkspaceError: the path is a file, or the folder cannot be created or written.
+    """
+    workspace = Path(workspace)
+    if workspace.exists() and not workspace.is_dir():
+        raise WorkspaceError(
+            f"The workspace {workspace} is a file, not a folder. Set XAI_WORKSPACE (or --workspace) to a folder."
+        )
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkspaceError(f"The workspace folder {workspace} cannot be created: {exc}") from exc
+    if not os.access(workspace, os.W_OK):
+        raise WorkspaceError(f"The workspace folder {workspace} is not writable.")
+    return workspace
+
+
+def demo_dataset_dir(workspace: str | os.PathLike) -> Path:
     return Path(workspace) / "datasets" / DEMO_DATASET
 
 
-def ensure_demo_dataset(workspace, per_class: int = DEMO_PER_CLASS, seed: int = 0) -> Path:
+def ensure_demo_dataset(workspace: str | os.PathLike, per_class: int = DEMO_PER_CLASS, seed: int = 0) -> Path:
     """Generates the demo dataset once; a ``dataset.json`` written last marks it as finished."""
     root = demo_dataset_dir(workspace)
     marker = root / "dataset.json"
@@ -44,48 +72,51 @@ def ensure_demo_dataset(workspace, per_class: int = DEMO_PER_CLASS, seed: int = 
     return root
 
 
-def find_demo_run(workspace) -> runs.Run | None:
+def find_demo_run(workspace: str | os.PathLike) -> runs.Run | None:
     return next((r for r in runs.list_runs(workspace) if r.meta.get("demo") and r.is_complete), None)
 
 
-def _lock_owner(lock: Path) -> int:
-    try:
-        return int(lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-def demo_in_progress(workspace) -> bool:
-    """True while a live process holds the demo lock."""
-    pid = _lock_owner(Path(workspace) / LOCK_FILE)
-    return pid > 0 and runs.pid_alive(pid)
+def demo_in_progress(workspace: str | os.PathLike) -> bool:
+    """True while a live process holds the demo lock (exact: the lock ends with its process)."""
+    return locks.is_held(Path(workspace) / LOCK_FILE)
 
 
 class _DemoLock:
+    """Held for the demo's creation: taken here, or already handed over by the page that started us."""
+
     def __init__(self, workspace):
         self.path = Path(workspace) / LOCK_FILE
+        self.taken = False
 
     def __enter__(self):
+        from core.jobs import holds_handed_lock
+
+        if holds_handed_lock(self.path):
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_owner(self.path) == os.getpid():  # the page that started us wrote our pid already
-                return self
-            if demo_in_progress(self.path.parent):
-                raise RuntimeError("The demo is already being created by another process.") from None
-            self.path.unlink(missing_ok=True)  # stale lock from a process that died
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+        if not locks.acquire(self.path):
+            raise RuntimeError("The demo is already being created by another process.")
+        self.taken = True
         return self
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        if self.taken:
+            locks.release(self.path)
 
 
-def create_demo_run(workspace, progress=None, epochs: int = 8, per_class: int = DEMO_PER_CLASS, seed: int = 0):
-    """Creates (or reuses) the demo dataset and the demo run; returns the complete run."""
+def create_demo_run(
+    workspace: str | os.PathLike,
+    progress: Callable[[dict], None] | None = None,
+    epochs: int = 8,
+    per_class: int = DEMO_PER_CLASS,
+    seed: int = 0,
+) -> runs.Run:
+    """Creates (or reuses) the demo dataset and the demo run; returns the complete run.
+
+    Raises:
+        WorkspaceError: the workspace cannot hold runs. RuntimeError: another process is creating it.
+    """
+    check_workspace(workspace)
     existing = find_demo_run(workspace)
     if existing is not None:
         return existing
@@ -101,17 +132,20 @@ def create_demo_run(workspace, progress=None, epochs: int = 8, per_class: int = 
         return train(workspace, dataset, config, name=DEMO_NAME, progress=progress, extra_meta={"demo": True})
 
 
-def start_demo_process(workspace):
-    """Starts ``python -m core demo`` in its own process session (it survives page reloads) and writes
-    its pid into the lock at once, so the page shows progress, not the button, from the next rerun."""
+def start_demo_process(workspace: str | os.PathLike) -> subprocess.Popen:
+    """Starts ``python -m core demo`` in its own process session (it survives page reloads), handing it
+    the demo lock, so the page shows progress, not the button, from the next rerun.
+
+    Raises:
+        WorkspaceError: the workspace cannot hold runs. JobError: the demo is being created already.
+    """
     from core import jobs
 
-    process = jobs.start(["demo"], workspace, LOG_FILE)
-    runs.atomic_write_text(Path(workspace) / LOCK_FILE, str(process.pid))
-    return process
+    workspace = check_workspace(workspace)
+    return jobs.start(["demo"], workspace, LOG_FILE, lock_path=workspace / LOCK_FILE)
 
 
-def demo_status(workspace) -> dict:
+def demo_status(workspace: str | os.PathLike) -> dict:
     """What the Home page shows while the demo is created: stage, epoch, fraction done, last error."""
     workspace = Path(workspace)
     demo_runs = [r for r in runs.list_runs(workspace) if r.meta.get("demo")]
@@ -129,7 +163,7 @@ def demo_status(workspace) -> dict:
     return status
 
 
-def read_log_tail(workspace, lines: int = 20) -> str:
+def read_log_tail(workspace: str | os.PathLike, lines: int = 20) -> str:
     try:
         text = (Path(workspace) / "logs" / LOG_FILE).read_text(errors="replace")
     except OSError:

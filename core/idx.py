@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,29 +32,49 @@ class IdxError(ValueError):
     """A file is not a valid IDX file; the message says why."""
 
 
+MAX_IDX_BYTES = 2**30  # the data an IDX header may declare (Fashion-MNIST's largest file holds 47 MB)
+
+
 def read_idx(path) -> np.ndarray:
-    """Reads an IDX file (optionally gzip-compressed) into an array of its declared type and shape."""
+    """Reads an IDX file (optionally gzip-compressed) into an array of its declared type and shape.
+
+    Only a regular file is opened (a FIFO would block), and no more than the header declares is read or
+    decompressed, so a gzip bomb or a header declaring more than MAX_IDX_BYTES is refused early.
+    """
     path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise IdxError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise IdxError(f"{path} is not a regular file")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as exc:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+                raise IdxError(f"{path} is not an IDX file: it must start with two zero bytes")
+            type_code, ndim = magic[2], magic[3]
+            if type_code not in _DTYPES:
+                raise IdxError(f"{path} has unknown IDX data type 0x{type_code:02x}")
+            dims = handle.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise IdxError(f"{path} is truncated inside its header")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_DTYPES[type_code])
+            expected = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise IdxError(
+                    f"{path} declares shape {shape} ({expected / 2**20:.0f} MiB); the limit is "
+                    f"{MAX_IDX_BYTES / 2**20:.0f} MiB (MAX_IDX_BYTES)"
+                )
+            raw = handle.read(expected + 1)  # one byte more: trailing data is an error too
+    except (OSError, EOFError, zlib.error) as exc:
         raise IdxError(f"{path} cannot be read: {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise IdxError(f"{path} is not an IDX file: it must start with two zero bytes")
-    type_code, ndim = raw[2], raw[3]
-    if type_code not in _DTYPES:
-        raise IdxError(f"{path} has unknown IDX data type 0x{type_code:02x}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IdxError(f"{path} is truncated inside its header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_DTYPES[type_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise IdxError(f"{path} declares shape {shape} ({expected} bytes) but holds {len(raw) - header} bytes of data")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    if len(raw) != expected:
+        held = f"{len(raw)} bytes" if len(raw) <= expected else "more"
+        raise IdxError(f"{path} declares shape {shape} ({expected} bytes) but holds {held} of data")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def export_image_folder(

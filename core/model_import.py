@@ -9,20 +9,17 @@ loads with ``safe_mode=True``. The user's model is wrapped so that the run's mod
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import time
+import stat
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from keras import layers
 
 from core.models import PREPROCESSING_MODES, ModelError, PixelPreprocessing
-
-if TYPE_CHECKING:
-    from core.runs import Run
 
 UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}  # __lambda__: a lambda activation
 # A SavedModel op whose type contains one of these reaches outside the computation (files, datasets,
@@ -66,6 +63,15 @@ RESTORE_OPS = {
     "Select",
 }
 MAX_CONFIG_BYTES = 64 * 2**20
+# What a model file may unpack to. Checked from the archive's directory, the HDF5 dataset headers and the
+# configuration before anything is extracted, decompressed or built, so a bomb is refused in milliseconds.
+MAX_ARCHIVE_MEMBERS = 1000
+MAX_MEMBER_BYTES = 2**30  # one member of a .keras archive, unpacked
+MAX_TOTAL_BYTES = 2**30  # all members together, unpacked
+MAX_COMPRESSION_RATIO = 100  # Keras stores .keras members uncompressed (1:1); weights barely compress
+RATIO_FLOOR_BYTES = 2**20  # smaller members may compress as well as they like
+MAX_WEIGHT_BYTES = 2**30  # every weight array of the model: declared in the HDF5 file or implied by the config
+WEIGHTS_MEMBER = "model.weights.h5"
 SAVEDMODEL_DIR = "savedmodel"
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -96,6 +102,133 @@ def _walk(config):
     elif isinstance(config, list):
         for value in config:
             yield from _walk(value)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_archive(path: Path) -> None:
+    """Refuses a ``.keras`` archive that would unpack to too much, reading only its directory.
+
+    Raises:
+        ModelError: not a zip archive; more than MAX_ARCHIVE_MEMBERS members; a member name that leaves
+            the archive (absolute or ``..``); a member over MAX_MEMBER_BYTES or a total over
+            MAX_TOTAL_BYTES unpacked; a member over 1 MiB compressed more than MAX_COMPRESSION_RATIO
+            times. The message names the member and the limit.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ModelError(f"{path.name} is not a readable Keras model file: {type(exc).__name__}: {exc}") from exc
+    refused = f"{path.name} was refused before anything in it was unpacked:"
+    if len(infos) > MAX_ARCHIVE_MEMBERS:
+        raise ModelError(f"{refused} it holds {len(infos)} files; the limit is {MAX_ARCHIVE_MEMBERS}.")
+    total = 0
+    for info in infos:
+        name = info.filename
+        if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+            raise ModelError(f"{refused} its member {name!r} would unpack outside the archive's folder.")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ModelError(
+                f"{refused} its member {name} declares {_size(info.file_size)} unpacked; the limit is "
+                f"{_size(MAX_MEMBER_BYTES)} per member (MAX_MEMBER_BYTES)."
+            )
+        if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise ModelError(
+                f"{refused} its member {name} unpacks from {_size(info.compress_size)} to {_size(info.file_size)}, "
+                f"{info.file_size / max(info.compress_size, 1):,.0f} times its size; the limit is "
+                f"{MAX_COMPRESSION_RATIO} times (MAX_COMPRESSION_RATIO): real weights barely compress."
+            )
+        total += info.file_size
+    if total > MAX_TOTAL_BYTES:
+        raise ModelError(
+            f"{refused} its {len(infos)} files declare {_size(total)} unpacked together; the limit is "
+            f"{_size(MAX_TOTAL_BYTES)} (MAX_TOTAL_BYTES)."
+        )
+
+
+def _h5_weight_bytes(source) -> tuple[int, str, int]:
+    """(total bytes, largest dataset's name, its bytes) of every dataset an HDF5 file declares, read from
+    the dataset headers only (an HDF5 file can declare a huge array in a few compressed chunks)."""
+    import h5py
+
+    found = {"total": 0, "name": "", "largest": 0}
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset):
+            size = int(np.prod(item.shape, dtype=np.float64)) * item.dtype.itemsize if item.shape else 0
+            found["total"] += size
+            if size > found["largest"]:
+                found["name"], found["largest"] = name, size
+
+    with h5py.File(source, "r") as handle:
+        handle.visititems(visit)
+    return found["total"], found["name"], found["largest"]
+
+
+def check_weight_sizes(path: Path) -> None:
+    """Refuses a model whose HDF5 weights declare more than MAX_WEIGHT_BYTES (a ``.h5`` file, or the
+    weights member of a ``.keras`` archive, read through the archive without unpacking it to disk)."""
+    try:
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                if WEIGHTS_MEMBER not in archive.namelist():
+                    return
+                with archive.open(WEIGHTS_MEMBER) as member:
+                    total, name, largest = _h5_weight_bytes(member)
+        else:
+            total, name, largest = _h5_weight_bytes(path)
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError... on damaged files
+        raise ModelError(f"{path.name} is not a readable Keras model file: its weights cannot be read ({exc})") from exc
+    if total > MAX_WEIGHT_BYTES:
+        raise ModelError(
+            f"{path.name} was refused before loading: its weights declare {_size(total)} (the largest, {name}, "
+            f"{_size(largest)}); the limit is {_size(MAX_WEIGHT_BYTES)} (MAX_WEIGHT_BYTES)."
+        )
+
+
+def _positive_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _declared_params(node: dict) -> int:
+    """Weights a layer's configuration implies (Dense, convolutions, Embedding); 0 when it cannot tell."""
+    config = node.get("config")
+    if not isinstance(config, dict):
+        return 0
+    if node.get("class_name") == "Embedding":
+        return (_positive_int(config.get("input_dim")) or 0) * (_positive_int(config.get("output_dim")) or 0)
+    build = node.get("build_config")
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    inputs = _positive_int(shape[-1]) if isinstance(shape, list) and shape else None
+    if inputs is None:
+        return 0
+    units, filters, kernel = config.get("units"), config.get("filters"), config.get("kernel_size")
+    if _positive_int(units):
+        return units * inputs
+    if _positive_int(filters) and isinstance(kernel, list) and kernel and all(_positive_int(k) for k in kernel):
+        return filters * inputs * int(np.prod(kernel))
+    return 0
+
+
+def check_declared_size(path: Path, config: dict) -> None:
+    """Refuses a configuration whose layers imply more than MAX_WEIGHT_BYTES of float32 weights: Keras
+    would allocate them while building the model, before reading a single stored weight."""
+    try:
+        sized = [
+            (node.get("name") or node.get("config", {}).get("name"), _declared_params(node)) for node in _walk(config)
+        ]
+    except (RecursionError, AttributeError, TypeError, OverflowError):
+        return  # check_safe reports what cannot be walked
+    total = 4 * sum(n for _, n in sized)
+    if total > MAX_WEIGHT_BYTES:
+        name, largest = max(sized, key=lambda item: item[1])
+        raise ModelError(
+            f"{path.name} was refused before loading: its configuration implies {_size(total)} of weights "
+            f"(layer {name!r} alone {_size(4 * largest)}); the limit is {_size(MAX_WEIGHT_BYTES)} (MAX_WEIGHT_BYTES)."
+        )
 
 
 def saved_config(path: Path) -> dict | None:
@@ -140,10 +273,16 @@ def _is_serialized_function(node: dict) -> bool:
 
 
 def check_safe(path: Path) -> None:
-    """Refuses a model whose configuration holds layers or functions that would run stored code on load."""
+    """Refuses a model file that would unpack to too much (see `check_archive`, `check_weight_sizes`,
+    `check_declared_size`) or whose configuration holds layers or functions that would run stored code
+    on load. Reads the archive's directory, the configuration and the HDF5 headers only."""
+    if path.suffix == ".keras":
+        check_archive(path)
     config = saved_config(path)
     if config is None:
         return
+    check_declared_size(path, config)
+    check_weight_sizes(path)
     try:
         nodes = list(_walk(config))
         unsafe = sorted({node.get("class_name") for node in nodes if node.get("class_name") in UNSAFE_LAYERS})
@@ -232,34 +371,71 @@ def check_safe_savedmodel(path: Path) -> None:
         )
 
 
+MAX_SAVEDMODEL_BYTES = 2 * 2**30  # a SavedModel folder, all files together
+MAX_SAVEDMODEL_FILES = 10_000
+
+
+def check_savedmodel_folder(path: Path) -> None:
+    """Refuses a SavedModel folder holding links, pipes or devices (copying one could read forever or
+    outside the folder), or more than MAX_SAVEDMODEL_FILES files or MAX_SAVEDMODEL_BYTES in all."""
+    total, count = 0, 0
+    for folder, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            item = Path(folder) / name
+            info = item.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                raise ModelError(f"The SavedModel at {path} contains a symbolic link ({item}); refused.")
+            if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+                raise ModelError(f"The SavedModel at {path} contains {item}, which is not a regular file; refused.")
+            if stat.S_ISREG(info.st_mode):
+                total, count = total + info.st_size, count + 1
+        if count > MAX_SAVEDMODEL_FILES or total > MAX_SAVEDMODEL_BYTES:
+            raise ModelError(
+                f"The SavedModel at {path} holds more than {MAX_SAVEDMODEL_FILES} files or "
+                f"{_size(MAX_SAVEDMODEL_BYTES)} (MAX_SAVEDMODEL_FILES, MAX_SAVEDMODEL_BYTES); refused."
+            )
+
+
+def _load_savedmodel(path: Path):
+    errors = []
+    for endpoint in ("serve", "serving_default"):  # Keras' export() / tf.saved_model.save()
+        try:
+            return layers.TFSMLayer(str(path), call_endpoint=endpoint, name="savedmodel")
+        except Exception as exc:
+            errors.append(f"{endpoint}: {exc}")
+    raise ModelError(f"The SavedModel at {path} cannot be loaded: {'; '.join(errors)}")
+
+
 def load_user_model(path, workdir=None) -> keras.Model:
     """Loads ``.keras``/``.h5`` safely, or a SavedModel folder as an inference-only layer.
 
-    A SavedModel is copied into ``workdir`` (the run folder) so that the run does not depend on the
-    original location.
+    Everything is checked on the user's files first, so every message names the user's path. With
+    ``workdir`` (the run folder) a SavedModel is then copied there, checked again and loaded from the
+    copy, so that the run does not depend on the original location.
     """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"No model at {path}")
     if path.is_dir():
-        if not (path / "saved_model.pb").exists():
+        if not (path / "saved_model.pb").is_file():
             raise ModelError(f"{path} is a folder but not a SavedModel (it has no saved_model.pb)")
-        if workdir is not None:
-            target = Path(workdir) / SAVEDMODEL_DIR
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(path, target, symlinks=False)
-            path = target
-        check_safe_savedmodel(path)  # the files that will be loaded: the copy, when there is one
-        errors = []
-        for endpoint in ("serve", "serving_default"):  # Keras' export() / tf.saved_model.save()
-            try:
-                return layers.TFSMLayer(str(path), call_endpoint=endpoint, name="savedmodel")
-            except Exception as exc:
-                errors.append(f"{endpoint}: {exc}")
-        raise ModelError(f"The SavedModel at {path} cannot be loaded: {'; '.join(errors)}")
+        check_savedmodel_folder(path)
+        check_safe_savedmodel(path)
+        if workdir is None:
+            return _load_savedmodel(path)
+        target = Path(workdir) / SAVEDMODEL_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(path, target, symlinks=True)
+        try:
+            check_safe_savedmodel(target)  # the files that will be loaded: the copy
+            return _load_savedmodel(target)
+        except ModelError as exc:
+            raise type(exc)(str(exc).replace(str(target), str(path))) from exc
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ModelError(f"Expected a .keras or .h5 file or a SavedModel folder. Received: {path.name}")
+    if not path.is_file():
+        raise ModelError(f"{path} is not a regular file.")
     check_safe(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
@@ -367,62 +543,8 @@ def load_run_model(run_dir) -> keras.Model:
     return load_model(run_dir / "model.keras")
 
 
-def import_run(
-    workspace, model_path, data_dir, preprocess: str, class_names=None, name: str | None = None, seed: int = 0
-) -> Run:
-    """Creates a run from a model the user trained: safe load, shape/class checks, evaluation on the test split.
+def import_run(*args, **kwargs):
+    """Moved to `core.importing.import_run`; kept here until every caller imports it from there."""
+    from core.importing import import_run as moved
 
-    ``class_names`` gives the model's output order; by default the dataset's class folders, sorted.
-    """
-    from core import data as data_lib
-    from core import runs, system
-    from core.models import input_size
-    from core.training import evaluate, save_model_atomic, save_splits
-
-    index = data_lib.scan_dataset(data_dir, seed=seed)
-    if class_names:
-        class_names = [c.strip() for c in class_names]
-        if sorted(class_names) != sorted(index.class_names):
-            raise ValueError(
-                f"--class-names {class_names} do not match the dataset's class folders {index.class_names}"
-            )
-    else:
-        class_names = index.class_names
-    meta = {
-        "name": name or f"imported-{Path(model_path).stem}",
-        "source": "imported",
-        "imported_from": str(Path(model_path).resolve()),
-        "dataset": str(Path(data_dir).resolve()),
-        "class_names": list(class_names),
-        "architecture": "imported",
-        "preprocessing": preprocess,
-        "seed": seed,
-        "library_versions": system.library_versions(),
-        "split_counts": {s: int((index.records["split"] == s).sum()) for s in data_lib.SPLITS},
-    }
-    run = runs.create_run(workspace, meta["name"], meta)
-    save_splits(run, index)
-    started = time.monotonic()
-    try:
-        model = wrap_for_pixels(load_user_model(model_path, workdir=run.path), preprocess, len(class_names))
-        run = runs.update_run(run, input_size=list(input_size(model)))
-        if (run.path / SAVEDMODEL_DIR).is_dir():  # rebuilt around the SavedModel on load (see load_run_model)
-            runs.atomic_write_json(
-                run.file(PREPROCESSING_FILE), {"preprocess": preprocess, "num_classes": len(class_names)}
-            )
-        else:
-            save_model_atomic(model, run.model_path)
-        metrics = evaluate(run, model=model, index=index)
-        return runs.update_run(
-            run,
-            status=runs.COMPLETE,
-            finished_at=runs.utc_now(),
-            durations={"total_seconds": round(time.monotonic() - started, 2)},
-            test_accuracy=metrics["accuracy"],
-            roc_auc_macro=metrics["roc_auc_macro"],
-        )
-    except BaseException as exc:
-        runs.mark_stopped(run, f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, (ModelError, data_lib.DatasetError, data_lib.ImageError)) or not isinstance(exc, Exception):
-            raise
-        raise ModelError(f"The model could not be imported: {type(exc).__name__}: {exc}") from exc
+    return moved(*args, **kwargs)

@@ -19,7 +19,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 from keras import layers
 
-from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES
+from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES, imagenet_weights_status
+
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "ModelError",
+    "PixelPreprocessing",
+    "WeightsUnavailableError",
+    "backbone_of",
+    "build_model",
+    "imagenet_weights_status",
+    "input_size",
+    "load_model",
+    "predict_proba",
+    "set_trainable_top",
+]
 
 _IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -141,7 +156,7 @@ def _as_hw(image_size) -> tuple[int, int]:
 def build_model(
     arch: str,
     num_classes: int,
-    image_size=None,
+    image_size: int | tuple[int, int] | None = None,
     weights: str | None = None,
     dropout: float = 0.2,
 ) -> keras.Model:
@@ -194,7 +209,7 @@ def build_model(
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
 
 
-def load_model(path) -> keras.Model:
+def load_model(path: str | os.PathLike) -> keras.Model:
     """Loads a saved model with Keras ``safe_mode`` (no code inside the file is executed)."""
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -9,6 +9,7 @@ Layout of a run folder:
     metrics.json      accuracy, roc_auc_macro, per-class precision/recall/F1/support/ROC AUC
     progress.json     live progress while the run is training
     cancel            present when the user asked the training to stop
+    .lock             held (flock) by the training process for its lifetime: exact liveness
 
 Every file is written atomically (temporary file in the same folder, then ``os.replace``), so a page
 never reads half a file. This module does not import TensorFlow.
@@ -24,11 +25,20 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-RUNNING, COMPLETE, FAILED, CANCELLED = "running", "complete", "failed", "cancelled"
-STATUSES = (RUNNING, COMPLETE, FAILED, CANCELLED)
+from core import locks
+from core.run_schema import (  # noqa: F401 - the statuses and the schema are re-exported
+    CANCELLED,
+    COMPLETE,
+    FAILED,
+    RUN_SCHEMA,
+    RUNNING,
+    STATUSES,
+    schema_problems,
+)
 
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
@@ -37,6 +47,10 @@ PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
 PROGRESS_FILE = "progress.json"
 CANCEL_FILE = "cancel"  # its presence asks a training process to stop
+LOCK_FILE = ".lock"  # held by the process that trains (or imports) the run, for its lifetime
+CRASHED_MESSAGE = "The training process stopped unexpectedly (killed, out of memory, or the machine restarted)."
+# Files a process killed in the middle of saving leaves behind: never models, removed once the run is dead.
+LEFTOVER_PATTERNS = (".tmp-*.keras", ".best.weights.h5", ".*.tmp")
 
 
 class RunError(ValueError):
@@ -49,7 +63,7 @@ def workspace_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def runs_dir(workspace) -> Path:
+def runs_dir(workspace: str | os.PathLike) -> Path:
     return Path(workspace) / "runs"
 
 
@@ -73,15 +87,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj) -> None:
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def atomic_write_csv(path, frame: pd.DataFrame) -> None:
+def atomic_write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
@@ -149,17 +163,49 @@ def new_run_id(name: str) -> str:
     return f"{stamp}-{safe}-{secrets.token_hex(2)}"
 
 
-def create_run(workspace, name: str, meta: dict) -> Run:
-    """Creates a new run folder with status ``running`` and returns it."""
-    run_path = runs_dir(workspace) / new_run_id(name)
-    run_path.mkdir(parents=True, exist_ok=False)
+def create_run(workspace: str | os.PathLike, name: str, meta: dict) -> Run:
+    """Creates a new run folder with status ``running`` and returns it.
+
+    This process holds the run's lock until the run leaves ``running`` (see `update_run`) or the process
+    ends; the folder is filled under a hidden name and renamed, so no reader sees it half-made.
+    """
+    root = runs_dir(workspace)
+    if root.exists() and not root.is_dir():
+        raise RunError(
+            f"The workspace's runs folder {root} is a file, not a folder. Move it away or pick another workspace."
+        )
+    run_id = new_run_id(name)
+    building = root / f".creating-{run_id}"
+    building.mkdir(parents=True, exist_ok=False)
+    run_path = root / run_id
     full = {**meta, "status": RUNNING, "created_at": utc_now(), "pid": os.getpid()}
-    atomic_write_json(run_path / RUN_FILE, full)
+    try:
+        locks.acquire(building / LOCK_FILE)
+        atomic_write_json(building / RUN_FILE, full)
+        building.rename(run_path)
+    except BaseException:
+        locks.release(building / LOCK_FILE)
+        import shutil
+
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    _move_lock(building / LOCK_FILE, run_path / LOCK_FILE)
     return Run(run_path, full)
 
 
-def read_run(path) -> Run:
-    """Reads one run folder. Raises RunError when run.json is missing or unreadable."""
+def _move_lock(old: Path, new: Path) -> None:
+    """The lock descriptor stays open across the folder's rename; only its key in `locks` changes."""
+    fd = locks._HELD.pop(os.fspath(old.absolute()), None)
+    if fd is not None:
+        locks._HELD[os.fspath(new.absolute())] = fd
+
+
+def read_run(path: str | os.PathLike) -> Run:
+    """Reads one run folder and checks its run.json against `RUN_SCHEMA`.
+
+    Raises:
+        RunError: run.json is missing, not JSON, not an object, or holds a field of the wrong type.
+    """
     path = Path(path)
     try:
         meta = json.loads((path / RUN_FILE).read_text("utf-8"))
@@ -169,15 +215,33 @@ def read_run(path) -> Run:
         raise RunError(f"The {RUN_FILE} of {path.name} cannot be read: {exc}") from exc
     if not isinstance(meta, dict):
         raise RunError(f"The {RUN_FILE} of {path.name} is not a JSON object")
+    problems = schema_problems(meta)
+    if problems:
+        raise RunError(f"The {RUN_FILE} of {path.name} is not valid: {'; '.join(problems)}")
     return Run(path, meta)
 
 
-def update_run(run: Run, **fields) -> Run:
-    """Merges ``fields`` into run.json (re-read first, so concurrent updates are not lost)."""
-    current = read_run(run.path).meta
+def update_run(run: Run, **fields: Any) -> Run:
+    """Merges ``fields`` into run.json (re-read first, so concurrent updates are not lost).
+
+    A run that leaves ``running`` releases the lock this process held for it.
+    """
+    current = _read_raw(run.path)
     current.update(fields)
     atomic_write_json(run.path / RUN_FILE, current)
+    if current.get("status") != RUNNING:
+        locks.release(run.path / LOCK_FILE)
     return Run(run.path, current)
+
+
+def _read_raw(path: Path) -> dict:
+    try:
+        meta = json.loads((Path(path) / RUN_FILE).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"The {RUN_FILE} of {Path(path).name} cannot be read: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise RunError(f"The {RUN_FILE} of {Path(path).name} is not a JSON object")
+    return meta
 
 
 def mark_stopped(run: Run, reason: str, status: str = FAILED) -> Run:
@@ -185,32 +249,95 @@ def mark_stopped(run: Run, reason: str, status: str = FAILED) -> Run:
     return update_run(run, status=status, error=reason, finished_at=utc_now())
 
 
-def list_runs(workspace) -> list[Run]:
-    """Every readable run of a workspace, newest first. Unreadable folders are left out."""
+def _run_folders(workspace) -> list[Path]:
     root = runs_dir(workspace)
     if not root.is_dir():
         return []
-    runs = []
-    for child in root.iterdir():
-        if child.is_dir() and not child.name.startswith("."):
-            try:
-                runs.append(_with_stale_check(read_run(child)))
-            except RunError:
-                continue
-    runs.sort(key=lambda r: (r.meta.get("created_at", ""), r.id), reverse=True)
-    return runs
+    return sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+
+
+def list_runs(workspace: str | os.PathLike) -> list[Run]:
+    """Every readable run of a workspace, newest first.
+
+    Unreadable folders are left out (`unreadable_runs` says why). A run still marked ``running`` whose
+    process is gone is recorded as failed now, and the leftovers of its model save are removed.
+    """
+    found = []
+    for child in _run_folders(workspace):
+        try:
+            found.append(_with_stale_check(read_run(child)))
+        except RunError:
+            continue
+    found.sort(key=lambda r: (r.meta.get("created_at", ""), r.id), reverse=True)
+    return found
+
+
+def unreadable_runs(workspace: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Run folders that cannot be used, each with the reason (missing, damaged or invalid run.json)."""
+    problems = []
+    for child in _run_folders(workspace):
+        try:
+            read_run(child)
+        except RunError as exc:
+            problems.append((child, str(exc)))
+    return problems
+
+
+def is_alive(run: Run) -> bool:
+    """True while the process that trains (or imports) the run is alive: it holds the run's lock.
+
+    Exact: the lock goes with the process, however it ends. Runs made before the lock existed (no
+    .lock file) fall back to their recorded process id.
+    """
+    lock = run.path / LOCK_FILE
+    if lock.exists() or locks.held_here(lock):
+        return locks.is_held(lock)
+    pid = run.meta.get("pid")
+    return isinstance(pid, int) and pid_alive(pid)
 
 
 def _with_stale_check(run: Run) -> Run:
-    """A run still marked running whose process is gone crashed: report it as failed."""
-    pid = run.meta.get("pid")
-    if run.status == RUNNING and isinstance(pid, int) and not pid_alive(pid):
-        return Run(run.path, {**run.meta, "status": FAILED, "error": "The training process stopped unexpectedly."})
-    return run
+    """A run still marked running whose process is gone crashed: record it as failed (once)."""
+    if run.status != RUNNING or is_alive(run):
+        return run
+    lock = run.path / LOCK_FILE
+    try:
+        if not locks.acquire(lock):  # taken again meanwhile: cannot be (runs never restart); treat as live
+            return run
+    except OSError:  # a read-only workspace: report the failure without recording it
+        return Run(run.path, {**run.meta, "status": FAILED, "error": CRASHED_MESSAGE})
+    try:
+        current = read_run(run.path)  # under the lock: the process may have finished meanwhile
+        if current.status != RUNNING:
+            return current
+        clean_leftovers(run.path)
+        return update_run(current, status=FAILED, error=CRASHED_MESSAGE, finished_at=utc_now())
+    except (RunError, OSError):
+        return Run(run.path, {**run.meta, "status": FAILED, "error": CRASHED_MESSAGE})
+    finally:
+        locks.release(lock)
+
+
+def clean_leftovers(run_path: str | os.PathLike) -> list[str]:
+    """Removes what a killed save leaves in a run folder (temporary model files, best-epoch weights,
+    half-written files); returns the names removed. Call it only for a run whose process is gone."""
+    removed = []
+    for pattern in LEFTOVER_PATTERNS:
+        for path in Path(run_path).glob(pattern):
+            if path.is_file():
+                try:
+                    path.unlink()
+                    removed.append(path.name)
+                except OSError:
+                    continue
+    return sorted(removed)
 
 
 def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie, finished but not yet reaped, counts as ended)."""
+    """True while process ``pid`` runs (a zombie, finished but not yet reaped, counts as ended).
+
+    Only a fallback for runs without a lock: a reused process id would look alive.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -225,21 +352,25 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def latest_complete_run(workspace) -> Run | None:
+def latest_complete_run(workspace: str | os.PathLike) -> Run | None:
     """The newest run whose status is complete, or None."""
     return next((r for r in list_runs(workspace) if r.is_complete), None)
 
 
-def find_run(workspace, run_id: str) -> Run:
-    """A run by id (or by an existing folder path)."""
+def find_run(workspace: str | os.PathLike, run_id: str) -> Run:
+    """A run by id (or by an existing folder path).
+
+    Raises:
+        RunError: no such run, or its run.json is unreadable or invalid (the message says which field).
+    """
     candidate = Path(run_id)
     if candidate.is_dir() and (candidate / RUN_FILE).exists():
-        return read_run(candidate)
+        return _with_stale_check(read_run(candidate))
     path = runs_dir(workspace) / run_id
     if not path.is_dir():
         known = ", ".join(r.id for r in list_runs(workspace)[:5]) or "none"
         raise RunError(f"No run named {run_id!r} in {runs_dir(workspace)}. Known runs: {known}")
-    return read_run(path)
+    return _with_stale_check(read_run(path))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,21 +384,51 @@ def _require(run: Run, name: str) -> Path:
     return path
 
 
+def _damaged(run: Run, name: str, exc: Exception) -> RunError:
+    return RunError(f"The {name} of run {run.id} cannot be read ({type(exc).__name__}: {exc})")
+
+
 def load_history(run: Run) -> pd.DataFrame:
-    return pd.read_csv(_require(run, HISTORY_FILE))
+    """history.csv: one row per epoch, with an integer ``epoch`` column.
+
+    Raises:
+        RunError: the file is missing, damaged, or has no epoch column.
+    """
+    try:
+        frame = pd.read_csv(_require(run, HISTORY_FILE))
+        frame["epoch"] = frame["epoch"].astype(int)
+    except RunError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _damaged(run, HISTORY_FILE, exc) from exc
+    return frame
 
 
 def load_predictions(run: Run) -> pd.DataFrame:
-    # Class names stay text: folders named "0"/"1" or "NA" must not become numbers or missing values.
+    """predictions.csv (class names stay text: folders named "0"/"1" or "NA" must not become numbers)."""
     text = {"path": str, "true_class": str, "pred_class": str}
-    return pd.read_csv(_require(run, PREDICTIONS_FILE), dtype=text, keep_default_na=False)
+    try:
+        return pd.read_csv(_require(run, PREDICTIONS_FILE), dtype=text, keep_default_na=False)
+    except RunError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _damaged(run, PREDICTIONS_FILE, exc) from exc
 
 
 def load_metrics(run: Run) -> dict:
-    return json.loads(_require(run, METRICS_FILE).read_text("utf-8"))
+    """metrics.json as a dict. Raises RunError when it is missing, damaged or not a JSON object."""
+    try:
+        metrics = json.loads(_require(run, METRICS_FILE).read_text("utf-8"))
+    except RunError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _damaged(run, METRICS_FILE, exc) from exc
+    if not isinstance(metrics, dict):
+        raise RunError(f"The {METRICS_FILE} of run {run.id} is not a JSON object")
+    return metrics
 
 
-def write_progress(run: Run, **progress) -> None:
+def write_progress(run: Run, **progress: Any) -> None:
     atomic_write_json(run.file(PROGRESS_FILE), {**progress, "updated_at": time.time()})
 
 
@@ -282,12 +443,41 @@ def read_progress(run: Run) -> dict:
 # Comparing runs
 
 
+def short_names(selected: list[Run], width: int = 28) -> dict[str, str]:
+    """Legend-sized names for runs: the run's name (cut to ``width``) and the id's random suffix, which
+    keeps two runs of the same name apart. ``{run id: short name}``."""
+    names = {}
+    for run in selected:
+        name = str(run.meta.get("name") or run.id)
+        if len(name) > width:
+            name = name[: width - 1] + "…"
+        names[run.id] = f"{name} #{run.id.rsplit('-', 1)[-1]}"
+    return names
+
+
+def class_groups(selected: list[Run]) -> list[tuple[tuple[str, ...], list[Run]]]:
+    """Runs grouped by their class names (same classes, same order of first appearance): only runs of
+    one group can be compared class by class."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in selected:
+        groups.setdefault(tuple(run.class_names), []).append(run)
+    return list(groups.items())
+
+
 def comparison_table(selected: list[Run]) -> pd.DataFrame:
-    """One row per run: architecture, epochs, test accuracy, macro ROC AUC, macro F1, per-class F1, time."""
+    """One row per run: name, architecture, epochs, test accuracy, macro ROC AUC, macro F1, time.
+
+    Per-class F1 columns (``F1 <class>``) are added only when every run has the same classes; otherwise
+    a ``classes`` column says which classes each run has (compare those class by class apart, see
+    `class_groups`).
+    """
+    same_classes = len(class_groups(selected)) == 1
+    names = short_names(selected)
     rows = []
     for run in selected:
         row = {
             "run": run.id,
+            "name": names[run.id],
             "architecture": run.meta.get("architecture"),
             "source": run.meta.get("source", "trained"),
             "epochs": run.meta.get("epochs_trained"),
@@ -295,22 +485,27 @@ def comparison_table(selected: list[Run]) -> pd.DataFrame:
             "macro ROC AUC": run.meta.get("roc_auc_macro"),
             "seconds": (run.meta.get("durations") or {}).get("total_seconds"),
         }
+        if not same_classes:
+            row["classes"] = ", ".join(run.class_names)
         try:
             metrics = load_metrics(run)
             row["macro F1"] = metrics["macro_avg"]["f1"]
-            row.update({f"F1 {name}": values["f1"] for name, values in metrics["per_class"].items()})
-        except (RunError, KeyError, ValueError):
+            if same_classes:
+                row.update({f"F1 {name}": values["f1"] for name, values in metrics["per_class"].items()})
+        except (RunError, KeyError, ValueError, TypeError):
             pass
         rows.append(row)
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
-def combined_history(selected: list[Run]) -> pd.DataFrame:
-    """The history of several runs stacked, with a ``run`` column (runs without history are left out)."""
+def combined_history(selected: list[Run], short: bool = False) -> pd.DataFrame:
+    """The history of several runs stacked, with a ``run`` column (runs without history are left out);
+    ``short`` puts `short_names` in that column instead of the run ids (for legends)."""
+    names = short_names(selected) if short else {r.id: r.id for r in selected}
     frames = []
     for run in selected:
         try:
-            frames.append(load_history(run).assign(run=run.id))
+            frames.append(load_history(run).assign(run=names[run.id]))
         except (RunError, ValueError):
             continue
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "epoch"])

@@ -9,6 +9,9 @@ import numpy as np
 from PIL import Image
 
 DEMO_CLASSES = ("circle", "square", "triangle")
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+TAG_FRACTION = 0.125
+"""Side of the optional corner tag, as a fraction of the image side (the planted-shortcut demo)."""
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float):
@@ -66,15 +69,36 @@ def render_shape(rng, kind: str, size: int = 64) -> tuple[np.ndarray, np.ndarray
     return image.round().astype(np.uint8), alpha >= 0.5
 
 
+def add_corner_tag(image: np.ndarray, corner: str = "top_left", fraction: float = TAG_FRACTION) -> np.ndarray:
+    """A copy of ``image`` with a small white square (side ``fraction`` of the image) in one corner,
+    one pixel in from the edges (the planted shortcut of `core.shortcut_demo`)."""
+    if corner not in CORNERS:
+        raise ValueError(f"Unknown corner. Expected one of {CORNERS}. Received: corner={corner!r}")
+    tagged = np.array(image, copy=True)
+    height, width = tagged.shape[:2]
+    side = max(2, int(round(fraction * min(height, width))))
+    top = 1 if corner.startswith("top") else height - 1 - side
+    left = 1 if corner.endswith("left") else width - 1 - side
+    tagged[top : top + side, left : left + side] = 255
+    return tagged
+
+
 def generate_shapes_dataset(
     root,
     per_class: int = 500,
     image_size: int = 64,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    tag_class: str | None = None,
+    tag_corner: str = "top_left",
 ) -> Path:
     """Writes the demo dataset: ``root/{train,val,test}/<class>/NNNN.png`` and the ground-truth object
-    masks as ``root/masks/{split}/<class>/NNNN.png`` (255 on the object). Deterministic for a seed."""
+    masks as ``root/masks/{split}/<class>/NNNN.png`` (255 on the object). Deterministic for a seed.
+
+    ``tag_class``: every image of that class (all splits) gets a white tag in ``tag_corner`` (a planted
+    shortcut; the masks still cover the object only). The shapes are the same as without a tag."""
+    if tag_class is not None and tag_class not in DEMO_CLASSES:
+        raise ValueError(f"Unknown tag class. Expected one of {DEMO_CLASSES}. Received: tag_class={tag_class!r}")
     root = Path(root)
     rng = np.random.default_rng(seed)
     n_train = int(round(per_class * fractions[0]))
@@ -83,6 +107,8 @@ def generate_shapes_dataset(
         for i in range(per_class):
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             image, mask = render_shape(rng, kind, image_size)
+            if kind == tag_class:
+                image = add_corner_tag(image, tag_corner)
             name = f"{kind}_{i:04d}.png"
             for sub, array in (
                 (Path(split) / kind, image),

@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from core.data import DatasetError, ImageError, load_thumbnail
+from core.paths import DataRootError
 from ui import charts
-from ui.common import dataset_index, folder_input, run_picker, setup_page
+from ui.common import allowed_folder, clear_dataset_scans, dataset_index, folder_input, run_picker, setup_page
 
 setup_page("Dataset", ":material/photo_library:")
 run = run_picker()
@@ -20,8 +21,17 @@ if source == "Another folder":
     folder, seed, fractions = str(folder), 0, (0.15, 0.15)
 else:  # the split settings the run was trained with
     hp = run.meta.get("hyperparameters") or {}
-    folder, seed, group_split = run.meta["dataset"], run.meta.get("seed", 0), hp.get("group_split", False)
+    seed, group_split = run.meta.get("seed", 0), hp.get("group_split", False)
     fractions = (hp.get("val_fraction", 0.15), hp.get("test_fraction", 0.15))
+    try:  # the run's recorded path gets the same data-root check as a typed one
+        folder = str(allowed_folder(run.meta.get("dataset") or ""))
+    except DataRootError as exc:
+        st.error(f"The run's dataset cannot be shown: {exc}")
+        st.stop()
+if st.button(
+    "Rescan", icon=":material/refresh:", key="dataset_rescan", help="Read the folder again (files added or changed)"
+):
+    clear_dataset_scans()
 try:
     index = dataset_index(folder, seed, group_split, *fractions)
 except DatasetError as exc:

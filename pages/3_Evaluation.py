@@ -1,10 +1,11 @@
-"""Evaluation: classification report, confusion matrix, ROC and precision-recall curves."""
+"""Evaluation: the classic report, then calibration, thresholds, intervals, groups, ranked mistakes and a
+confusion-matrix drill-down (the evaluation explorer, `ui/explorer.py`)."""
 
 import streamlit as st
 
 from core import evaluation
 from core.runs import RunError
-from ui import charts
+from ui import charts, explorer
 from ui.common import metrics, predictions, require_run, setup_page
 
 setup_page("Evaluation", ":material/grid_on:")
@@ -21,28 +22,49 @@ auc = scores.get("roc_auc_macro")
 cols[1].metric("Macro ROC AUC", f"{auc:.3f}" if auc is not None else "n/a")
 cols[2].metric("Test images", scores["n_samples"])
 
-st.subheader("Classification report")
-report = evaluation.classification_report_frame(scores)
-st.dataframe(report.style.format(precision=3, na_rep=""), key="classification_report")
-
-st.subheader("Confusion matrix")
-counts_tab, normalized_tab = st.tabs(["Counts", "Row-normalised (recall per class)"])
-counts_tab.plotly_chart(charts.confusion_heatmap(evaluation.confusion_matrix(frame), False), key="confusion_counts")
-normalized_tab.plotly_chart(
-    charts.confusion_heatmap(evaluation.confusion_matrix(frame, normalize=True), True), key="confusion_normalized"
+report_tab, calibration_tab, threshold_tab, interval_tab, mistakes_tab, drill_tab = st.tabs(
+    ["Report", "Calibration", "Thresholds", "How sure", "Mistakes and groups", "Confusion drill-down"]
 )
+with report_tab:
+    st.subheader("Classification report")
+    report = evaluation.classification_report_frame(scores)
+    # A static table: st.dataframe draws a missing cell as the text "None" whatever the Styler says.
+    st.table(report.style.format(precision=3, na_rep="").format("{:d}", subset=["support"]))
 
-left, right = st.columns(2)
-with left:
-    st.subheader("ROC curves (one-vs-rest)")
-    st.plotly_chart(charts.roc_figure(evaluation.roc_curves(frame)), key="roc_curves")
-with right:
-    st.subheader("Precision-recall curves")
-    st.plotly_chart(charts.pr_figure(evaluation.pr_curves(frame)), key="pr_curves")
+    st.subheader("Confusion matrix")
+    counts_tab, normalized_tab = st.tabs(["Counts", "Row-normalised (recall per class)"])
+    counts_tab.plotly_chart(charts.confusion_heatmap(evaluation.confusion_matrix(frame), False), key="confusion_counts")
+    normalized_tab.plotly_chart(
+        charts.confusion_heatmap(evaluation.confusion_matrix(frame, normalize=True), True), key="confusion_normalized"
+    )
 
-with st.expander("Misclassified test images"):
-    wrong = frame[~frame["correct"]]
-    if wrong.empty:
-        st.write("None: every test image is classified correctly.")
-    else:
-        st.dataframe(wrong[["path", "true_class", "pred_class", "confidence"]], hide_index=True)
+    left, right = st.columns(2)
+    with left:
+        st.subheader("ROC curves (one-vs-rest)")
+        st.plotly_chart(charts.roc_figure(evaluation.roc_curves(frame)), key="roc_curves")
+    with right:
+        st.subheader("Precision-recall curves")
+        st.plotly_chart(charts.pr_figure(evaluation.pr_curves(frame)), key="pr_curves")
+
+    with st.expander("Misclassified test images"):
+        wrong = frame[~frame["correct"]]
+        if wrong.empty:
+            st.write("None: every test image is classified correctly.")
+        else:
+            st.dataframe(wrong[["path", "true_class", "pred_class", "confidence"]], hide_index=True)
+with calibration_tab:
+    st.caption("Are the probabilities honest? A model that says 0.9 should be right 9 times out of 10.")
+    explorer.render_calibration(run, frame)
+with threshold_tab:
+    st.caption("The decision threshold on one class's probability: what sensitivity at what specificity.")
+    explorer.render_thresholds(run, frame)
+with interval_tab:
+    explorer.render_uncertainty(run, frame, scores)
+    st.subheader("Is another run really better?")
+    explorer.render_comparison(run, frame, predictions)
+with mistakes_tab:
+    explorer.render_mistakes(run, frame)
+    st.subheader("Metrics per group (sub-folders of a class: patients, hospitals, cameras)")
+    explorer.render_groups(frame)
+with drill_tab:
+    explorer.render_drilldown(run, frame)

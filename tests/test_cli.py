@@ -183,11 +183,16 @@ def test_evaluate_prints_metrics_and_records_them(copied_run):
     workspace = copied_run.path.parent.parent
     copied_run.file(runs.METRICS_FILE).unlink()
     runs.update_run(copied_run, test_accuracy=-1.0)
-    result = cli("evaluate", copied_run.id, "--workspace", workspace)
+    result = cli("evaluate", copied_run.id, "--json", "--workspace", workspace)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
-    assert set(printed) == {"accuracy", "roc_auc_macro", "per_class"}
+    assert {"accuracy", "roc_auc_macro", "per_class", "ece", "brier", "confidence_intervals"} <= set(printed)
+    low, high = printed["confidence_intervals"]["accuracy"]
+    assert low <= printed["accuracy"] <= high
+    assert set(printed["confidence_intervals"]) == {"accuracy", "macro_f1", "roc_auc_macro"}
+    assert 0.0 <= printed["ece"] <= 1.0 and 0.0 <= printed["brier"] <= 2.0
     written = runs.load_metrics(copied_run)
+    assert written["ece"] == printed["ece"]
     assert (
         printed["accuracy"] == written["accuracy"] == pytest.approx(runs.load_predictions(copied_run)["correct"].mean())
     )
@@ -195,6 +200,8 @@ def test_evaluate_prints_metrics_and_records_them(copied_run):
     meta = runs.read_run(copied_run.path).meta
     assert meta["test_accuracy"] == printed["accuracy"]
     assert meta["roc_auc_macro"] == printed["roc_auc_macro"]
+    text = cli("evaluate", copied_run.id, "--workspace", workspace)
+    assert text.returncode == 0 and "95% interval" in text.stdout and "ECE" in text.stdout
 
 
 def test_evaluate_unknown_run_is_a_clean_error(capsys, tmp_path):

@@ -22,6 +22,7 @@ from core.explain import (
     default_layer_name,
     describe,
     explain,
+    get_explainer,
 )
 from core.explain.occlusion import window_starts
 
@@ -196,7 +197,10 @@ def test_a_saved_and_reloaded_model_explains_the_same(tmp_path):
     loaded = load_model(tmp_path / "model.keras")
     images = random_images(2, (32, 32))
     for method in METHODS:
-        np.testing.assert_allclose(explain(loaded, images, method), explain(model, images, method), atol=1e-5)
+        params = get_explainer(method).fast_params
+        np.testing.assert_allclose(
+            explain(loaded, images, method, **params), explain(model, images, method, **params), atol=1e-5
+        )
 
 
 def test_default_layer_inside_a_nested_backbone():
@@ -306,7 +310,7 @@ def test_class_index_none_explains_each_images_predicted_class(method):
     images = random_images(6, seed=1) * np.linspace(0.05, 1.0, 6)[:, None, None, None]  # dark: class 2
     predicted = np.asarray(model(images)).argmax(axis=1)
     assert len(set(predicted)) > 1  # the check means something only if predictions differ
-    params = {"patch_size": 4} if method == "occlusion" else {}
+    params = get_explainer(method).fast_params
     np.testing.assert_allclose(
         explain(model, images, method, **params),
         explain(model, images, method, class_index=predicted, **params),
@@ -328,7 +332,7 @@ def test_class_index_none_explains_each_images_predicted_class(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_repeated_explanations_never_retrace(method):
     model = small_cnn(seed=8)
-    params = {"patch_size": 4} if method == "occlusion" else {}
+    params = get_explainer(method).fast_params
     explain(model, random_images(1, seed=1), method, **params)
     ((key, function),) = cached_functions(model).items()
     assert function.experimental_get_tracing_count() == 1
@@ -338,7 +342,9 @@ def test_repeated_explanations_never_retrace(method):
     assert cached_functions(model) == {key: function}
     assert function.experimental_get_tracing_count() == 1
     # other options compile a second function, once
-    other = {"patch_size": 8} if method == "occlusion" else {"layer_name": "conv1"} if method == "gradcam" else None
+    other = {"patch_size": 8} if method == "occlusion" else None
+    if "layer_name" in describe(method)["params"]:
+        other = {**params, "layer_name": "conv1"}
     if other is not None:
         explain(model, random_images(1), method, **other)
         explain(model, random_images(2), method, **other)
@@ -396,7 +402,10 @@ def test_concurrent_first_calls_compile_once_and_agree(monkeypatch):
 
 
 def test_registry_exposes_methods_and_their_parameters():
-    assert METHODS == ("gradcam", "occlusion", "vanilla_gradients")
+    assert {"gradcam", "occlusion", "vanilla_gradients"} <= set(METHODS) and len(set(METHODS)) == len(METHODS)
+    for method in METHODS:
+        assert get_explainer(method).name == method
+        assert PARAMS[method] == {name: spec["default"] for name, spec in describe(method)["params"].items()}
     assert PARAMS["gradcam"] == {"layer_name": None, "use_guided_grads": False, "use_softmax": False}
     assert PARAMS["occlusion"]["patch_size"] == 8 and PARAMS["occlusion"]["batch_size"] == 64
     assert PARAMS["vanilla_gradients"] == {}
@@ -413,7 +422,10 @@ def model():
 @pytest.mark.parametrize(
     "call,fragments",
     [
-        (lambda m, x: explain(m, x, "lime"), ["Unknown explanation method", "gradcam", "Received: method='lime'"]),
+        (
+            lambda m, x: explain(m, x, "deep_taylor"),
+            ["Unknown explanation method", "gradcam", "Received: method='deep_taylor'"],
+        ),
         (
             lambda m, x: explain(m, x, "gradcam", layer_name="foo"),
             ["gradcam", "4-D", "conv2", "Received: layer_name='foo'"],
@@ -475,3 +487,36 @@ def test_gradcam_on_a_model_without_a_4d_layer_is_an_explanation_error():
         explain(flat, random_images(1, (8, 8)), "gradcam")
     # methods that need no inner layer still work on it
     assert explain(flat, random_images(1, (8, 8)), "vanilla_gradients").max() == pytest.approx(1.0)
+
+
+def test_a_new_method_is_one_module_and_one_registry_line(monkeypatch):
+    import sys
+    import types
+
+    import core.explain as registry
+    from core.explain.gradients import GradientExplainer, score_and_gradient
+
+    module = types.ModuleType("core.explain.squared_gradients")
+
+    class SquaredGradients(GradientExplainer):
+        name = "squared_gradients"
+        title = "Squared gradients"
+        params = {}
+
+        def gradient_map(self, score_model, images, classes, options):
+            grads, _, _ = score_and_gradient(score_model, images, classes)
+            return tf.reduce_sum(tf.square(grads), axis=-1)
+
+    SquaredGradients.__module__ = module.__name__
+    module.SquaredGradients = SquaredGradients
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    found = registry._discover(("vanilla_gradients", "squared_gradients"))
+    assert list(found) == ["vanilla_gradients", "squared_gradients"]
+    model = small_cnn(seed=14)
+    images = random_images(2, seed=14)
+    vanilla = found["vanilla_gradients"].explain(model, images, [0, 1], normalize=False)
+    squared = found["squared_gradients"].explain(model, images, [0, 1], normalize=False)
+    assert squared.shape == vanilla.shape and np.all(squared <= vanilla**2 + 1e-12)
+    with pytest.raises(ImportError, match="one named Explainer subclass"):
+        registry._discover(("base",))

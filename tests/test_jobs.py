@@ -42,7 +42,7 @@ def test_train_args_round_trip_every_option(tiny_data):
         learning_rate=0.0005,
         weights="imagenet",
         augment=True,
-        class_weights="auto",
+        class_weights="always",
         fine_tune_epochs=2,
         group_split=True,
         seed=7,
@@ -55,7 +55,7 @@ def test_train_args_round_trip_every_option(tiny_data):
     assert (parsed.weights, parsed.augment, parsed.class_weights, parsed.fine_tune_epochs) == (
         "imagenet",
         True,
-        "auto",
+        "always",
         2,
     )
     assert (parsed.group_split, parsed.seed, parsed.name) == (True, 7, "x")
@@ -63,42 +63,53 @@ def test_train_args_round_trip_every_option(tiny_data):
 
 def test_background_training_completes_and_reports_progress(tmp_path, tiny_data):
     config = TrainingConfig(arch="compact_cnn", image_size=24, epochs=2, batch_size=8, learning_rate=2e-3)
-    process = jobs.start_training(tmp_path, tiny_data, config, name="bg")
-    assert process.wait(timeout=240) == 0
+    job = jobs.start_training(tmp_path, tiny_data, config, name="bg")
+    assert job.status == jobs.STARTING
+    assert jobs.wait(job, timeout=240) == 0
+    job = jobs.read_job(tmp_path, job.id)
     run = _only_run(tmp_path)
+    assert job.status == jobs.COMPLETE and job.run_id == run.id
+    assert job.record["test_accuracy"] == run.meta["test_accuracy"]
     assert run.is_complete and run.meta["epochs_trained"] == 2
     assert runs.read_progress(run)["epoch"] == 2
     assert jobs.progress_summary(run)["fraction"] == pytest.approx(1.0)
-    assert "epoch 2/2" in (tmp_path / "logs" / "train-bg.log").read_text()
+    assert jobs.job_progress(tmp_path, job)["fraction"] == pytest.approx(1.0)
+    assert "epoch 2/2" in jobs.log_path(tmp_path, job.id).read_text()
 
 
 def test_cancel_stops_a_run_and_leaves_earlier_runs_untouched(tmp_path, tiny_data):
-    earlier = runs.create_run(tmp_path, "earlier", {"architecture": "x"})
+    earlier = runs.create_run(tmp_path, "earlier", {"architecture": "x", "class_names": ["a", "b"]})
     earlier = runs.update_run(earlier, status=runs.COMPLETE, test_accuracy=0.5)
     before = (earlier.path / runs.RUN_FILE).read_bytes()
     config = TrainingConfig(arch="compact_cnn", image_size=24, epochs=200, batch_size=2, learning_rate=1e-3)
-    process = jobs.start_training(tmp_path, tiny_data, config, name="long")
+    job = jobs.start_training(tmp_path, tiny_data, config, name="long")
     live = _wait(
         lambda: next((r for r in jobs.active_runs(tmp_path) if runs.read_progress(r).get("stage") == "training"), None)
     )
-    jobs.cancel(live)
-    assert process.wait(timeout=120) == 1  # the CLI exits 1 for a run that did not complete
+    assert jobs.read_job(tmp_path, job.id).status == jobs.RUNNING
+    jobs.cancel_job(tmp_path, jobs.read_job(tmp_path, job.id))
+    assert jobs.wait(job, timeout=120) == 1  # the CLI exits 1 for a run that did not complete
     cancelled = runs.read_run(live.path)
     assert cancelled.status == runs.CANCELLED and cancelled.meta["error"] == "Cancelled by the user."
     assert not cancelled.model_path.exists()
     assert (earlier.path / runs.RUN_FILE).read_bytes() == before
     assert jobs.active_runs(tmp_path) == []
+    job = jobs.read_job(tmp_path, job.id)
+    assert job.status == jobs.CANCELLED and job.error == "Cancelled by the user."
 
 
 def test_a_killed_training_process_shows_as_failed(tmp_path, tiny_data):
     config = TrainingConfig(arch="compact_cnn", image_size=24, epochs=200, batch_size=2)
-    process = jobs.start_training(tmp_path, tiny_data, config)
+    job = jobs.start_training(tmp_path, tiny_data, config)
     _wait(lambda: jobs.active_runs(tmp_path))
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    os.kill(job.record["pid"], signal.SIGKILL)
+    jobs.wait(job, timeout=30)
     (run,) = runs.list_runs(tmp_path)
     assert run.status == runs.FAILED and "stopped unexpectedly" in run.meta["error"]
+    assert runs.read_run(run.path).status == runs.FAILED  # recorded in run.json
     assert jobs.active_runs(tmp_path) == []
+    job = jobs.read_job(tmp_path, job.id)
+    assert job.status == jobs.FAILED and "stopped unexpectedly" in job.error
 
 
 def test_a_run_name_with_a_slash_gives_a_safe_log_name(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -182,3 +183,34 @@ def test_input_size_needs_fixed_dimensions():
     model = keras.Model(inputs, layers.GlobalAveragePooling2D()(inputs))
     with pytest.raises(ModelError, match="fixed"):
         models.input_size(model)
+
+
+@pytest.mark.parametrize(
+    "arch, size, file_name",
+    [
+        ("efficientnetb0", 224, "efficientnetb0_notop.h5"),
+        ("efficientnetb3", 300, "efficientnetb3_notop.h5"),
+        ("resnet50", 224, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        ("vgg16", 224, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        ("mobilenetv2", 160, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"),
+        ("mobilenetv2", 100, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    ],
+)
+def test_imagenet_weights_status_looks_in_the_keras_cache(tmp_path, monkeypatch, arch, size, file_name):
+    from core.models import imagenet_weights_status
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    available, message = imagenet_weights_status(arch, size)
+    if not (Path("/tmp/.keras/models") / file_name).exists():
+        assert not available and file_name in message and "internet needed" in message
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / file_name).write_bytes(b"\x89HDF")
+    available, message = imagenet_weights_status(arch, size)
+    assert available and str(tmp_path / "models" / file_name) in message
+
+
+def test_imagenet_weights_status_of_an_architecture_without_weights():
+    from core.models import imagenet_weights_status
+
+    available, message = imagenet_weights_status("compact_cnn")
+    assert not available and "has no pre-trained ImageNet weights" in message

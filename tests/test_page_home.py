@@ -38,3 +38,13 @@ def test_home_does_not_import_tensorflow(app_workspace):
     )
     out = subprocess.run([sys.executable, "-c", code, str(app_workspace)], capture_output=True, text=True, timeout=120)
     assert "TF_ABSENT" in out.stdout, out.stdout + out.stderr
+
+
+def test_create_the_demo_when_the_workspace_is_a_file_says_so(tmp_path, monkeypatch):
+    workspace = tmp_path / "a-file"
+    workspace.write_text("not a folder")
+    at = open_page(None, workspace, monkeypatch)
+    at.button(key="create_demo").click().run()
+    assert not at.exception
+    assert any("is a file, not a folder" in e.value for e in at.error)
+    assert workspace.read_text() == "not a folder"

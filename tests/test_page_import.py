@@ -36,12 +36,26 @@ def test_import_page_uploads_a_model_and_refuses_a_mismatch(app_workspace, monke
     at.button(key="import_button").click().run()
     assert not at.exception
     assert any("predicts 2 classes but the data has 3" in e.value for e in at.error)
+    at.file_uploader(key="model_upload").set_value(("notes.keras", b"a text file", "application/octet-stream")).run()
+    at.button(key="import_button").click().run()
+    assert any("notes.keras is not a readable Keras model file" in e.value for e in at.error)
+    assert len(list(runs.runs_dir(workspace).iterdir())) == 1  # failed imports leave no run folder
     at.file_uploader(key="model_upload").set_value(("good.keras", good.read_bytes(), "application/octet-stream")).run()
     at.button(key="import_button").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("Imported as run" in s.value for s in at.success)
     imported = [r for r in runs.list_runs(workspace) if r.meta.get("source") == "imported" and r.is_complete]
     assert len(imported) == 1 and imported[0].meta["preprocessing"] == "raw"
+    assert imported[0].meta["imported_from"] == "good.keras (uploaded)"
+    listed = [m.value for m in at.markdown if imported[0].id in m.value]
+    assert listed and "good.keras (uploaded)" in listed[0] and "/tmp" not in listed[0]
+
+
+def test_import_page_says_the_upload_limit(app_workspace, monkeypatch):
+    at = open_page("pages/5_Import_model.py", app_workspace, monkeypatch)
+    uploader = at.get("file_uploader")[0]
+    assert "at most 50 MB" in uploader.proto.label and uploader.proto.max_upload_size_mb == 50
+    assert at.title[0].value == "Import model"  # as the sidebar names the page
 
 
 def test_import_page_takes_a_model_file_path(app_workspace, monkeypatch, tmp_path):

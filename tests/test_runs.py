@@ -17,7 +17,8 @@ from core.runs import RunError
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith("."))
+    names = (p.name for p in folder.iterdir() if p.name != runs.LOCK_FILE)
+    return sorted(n for n in names if n.endswith(".tmp") or n.startswith("."))
 
 
 def dead_pid() -> int:
@@ -123,7 +124,7 @@ def test_read_run_errors(tmp_path):
 
 
 def _run_with(workspace, name, created_at, status=runs.COMPLETE, **extra) -> runs.Run:
-    run = runs.create_run(workspace, name, {"architecture": "compact_cnn"})
+    run = runs.create_run(workspace, name, {"architecture": "compact_cnn", "class_names": ["a", "b"]})
     return runs.update_run(run, created_at=created_at, status=status, **extra)
 
 
@@ -156,17 +157,19 @@ def test_list_runs_newest_first_within_one_second(tmp_path, monkeypatch):
     assert [r.id for r in runs.list_runs(tmp_path)] == [second.id, first.id]
 
 
-def test_running_run_of_a_dead_process_shows_as_failed(tmp_path):
-    alive = runs.create_run(tmp_path, "alive", {})  # this process: still running
+def test_running_run_of_a_legacy_run_without_lock_falls_back_to_its_pid(tmp_path):
+    alive = runs.create_run(tmp_path, "alive", {})  # this process holds its lock: still running
     crashed = runs.update_run(runs.create_run(tmp_path, "crashed", {}), pid=dead_pid())
-    done = runs.update_run(runs.create_run(tmp_path, "done", {}), pid=dead_pid(), status=runs.COMPLETE)
+    done = runs.create_run(tmp_path, "done", {"class_names": ["a", "b"]})
+    done = runs.update_run(done, pid=dead_pid(), status=runs.COMPLETE)
+    runs.locks.release(crashed.path / runs.LOCK_FILE)
+    (crashed.path / runs.LOCK_FILE).unlink()  # a run made before locks existed
     listed = {r.id: r for r in runs.list_runs(tmp_path)}
     assert listed[alive.id].status == runs.RUNNING
     assert listed[crashed.id].status == runs.FAILED
     assert "stopped unexpectedly" in listed[crashed.id].meta["error"]
     assert listed[done.id].status == runs.COMPLETE
-    # listing reports it; it does not rewrite the run's file
-    assert runs.read_run(crashed.path).status == runs.RUNNING
+    assert runs.read_run(crashed.path).status == runs.FAILED  # recorded, not only reported
 
 
 def test_latest_complete_run(tmp_path):

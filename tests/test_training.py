@@ -21,7 +21,7 @@ def prob_columns(frame: pd.DataFrame) -> list[str]:
 
 def assert_no_partial_files(folder: Path) -> None:
     """No model, no temporary or hidden file (half-written model, checkpoint) in a run that did not finish."""
-    names = [p.name for p in folder.iterdir()]
+    names = [p.name for p in folder.iterdir() if p.name != runs.LOCK_FILE]
     assert runs.MODEL_FILE not in names
     assert not [n for n in names if n.startswith(".") or n.endswith((".keras", ".tmp", ".h5"))], names
 
@@ -98,7 +98,19 @@ def test_train_writes_metrics(tiny_trained_run):
 def test_train_leaves_only_finished_files(tiny_trained_run):
     names = sorted(p.name for p in tiny_trained_run.path.iterdir())
     assert names == sorted(
-        ["run.json", "model.keras", "history.csv", "predictions.csv", "metrics.json", "progress.json", "splits.csv"]
+        [
+            ".lock",
+            "run.json",
+            "model.keras",
+            "history.csv",
+            "predictions.csv",
+            "metrics.json",
+            "progress.json",
+            "splits.csv",
+            "val_predictions.csv",
+            "drift.json",
+            "drift.npz",
+        ]
     )
     splits = pd.read_csv(tiny_trained_run.file(training.SPLITS_FILE))
     test_paths = splits.loc[splits["split"] == "test", "path"].tolist()
@@ -157,13 +169,26 @@ def test_a_dataset_too_small_for_a_test_split_is_refused_up_front(tmp_path):
     assert runs.list_runs(tmp_path / "ws") == []
 
 
+def test_missing_pretrained_weights_fail_before_any_run_exists(tmp_path, tiny_shapes_dir, monkeypatch):
+    from core.models import WeightsUnavailableError
+
+    def offline(*args, **kwargs):
+        raise WeightsUnavailableError("ImageNet weights for resnet50 could not be had (offline)")
+
+    monkeypatch.setattr(training, "build_model", offline)
+    config = TrainingConfig(arch="resnet50", weights="imagenet", epochs=1, image_size=32, batch_size=8)
+    with pytest.raises(WeightsUnavailableError, match="could not be had"):
+        training.train(tmp_path, tiny_shapes_dir, config)
+    assert runs.list_runs(tmp_path) == [] and runs.unreadable_runs(tmp_path) == []
+
+
 def test_a_failure_after_the_run_exists_marks_it_failed(tmp_path, tiny_shapes_dir, monkeypatch):
-    """A failure inside training (here: building the model) marks the run failed with a traceback."""
+    """A failure inside training (here: loading the images) marks the run failed with a traceback."""
 
     def refuse(*args, **kwargs):
         raise ModelError("Unknown architecture for this test")
 
-    monkeypatch.setattr(training, "build_model", refuse)
+    monkeypatch.setattr(training, "ImageBatches", refuse)
     with pytest.raises(ModelError, match="Unknown architecture"):
         training.train(tmp_path, tiny_shapes_dir, TrainingConfig(epochs=1, image_size=32, batch_size=8))
     (run,) = runs.list_runs(tmp_path)
@@ -231,7 +256,7 @@ def test_cancel_file_stops_training(cancelled):
     assert run.meta["error"] == "Cancelled by the user."
     assert runs.MODEL_FILE not in [p.name for p in run.path.iterdir()]
     assert len(runs.load_history(run)) == 1  # stopped in the first of 3 epochs
-    assert events[0]["stage"] == "loading"
+    assert [e["stage"] for e in events[:2]] == ["building", "loading"]
     assert not any(e["stage"] == "evaluating" for e in events)
     first = next(e for e in events if e["stage"] == "training")
     assert first["epoch"] == 1 and first["epochs"] == 3 and first["steps"] == 3 and first["loss"] > 0
@@ -257,7 +282,12 @@ def test_a_cancelled_run_leaves_no_partial_files(cancelled):
         (dict(image_size=8), "image_size must be between 16 and 1024 pixels. Received: image_size=8"),
         (dict(image_size=2048), "image_size must be between 16 and 1024"),
         (dict(fine_tune_epochs=-1), "fine_tune_epochs must be 0 or more"),
-        (dict(class_weights="balanced"), "class_weights must be 'auto' or None. Received: class_weights='balanced'"),
+        (
+            dict(class_weights="balanced"),
+            "class_weights must be 'always', 'none' or None .* Received: class_weights='balanced'",
+        ),
+        (dict(seed=-5), "seed must be 0 or more. Received: seed=-5"),
+        (dict(val_fraction=0.6, test_fraction=0.5), "val_fraction \\+ test_fraction must be below 1"),
     ],
 )
 def test_training_config_validate(changes, message, tmp_path, tiny_shapes_dir):
@@ -272,11 +302,13 @@ def test_training_config_validate(changes, message, tmp_path, tiny_shapes_dir):
 def test_class_weights_for():
     balanced = [0, 0, 1, 1, 2, 2]
     assert training.class_weights_for(balanced, 3, None) is None
-    assert training.class_weights_for(balanced, 3, "auto") == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert training.class_weights_for(balanced, 3, "always") == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert training.class_weights_for(balanced, 3, "auto") == {0: 1.0, 1: 1.0, 2: 1.0}  # the old name
+    assert TrainingConfig(class_weights="auto").class_weights == "always"
     skewed = [0] * 6 + [1] * 2  # 3:1, above the threshold: n / (k * n_c)
     assert training.class_weights_for(skewed, 2, None) == pytest.approx({0: 8 / 12, 1: 8 / 4})
     assert training.class_weights_for(skewed, 2, "none") is None
-    assert training.class_weights_for([0, 0, 0], 2, "auto") is None  # a class without images: no weights
+    assert training.class_weights_for([0, 0, 0], 2, "always") is None  # a class without images: no weights
 
 
 def test_training_config_defaults_are_valid():

@@ -98,3 +98,93 @@ def test_overlay_errors():
         overlay(image, good, colormap="rainbow")
     with pytest.raises(ValueError, match=r"Unknown colormap"):
         colorize(good, "Jet")
+
+
+# ---- colour bars, original-aspect drawing, file encoding --------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FIRST_LAST))
+def test_colorbar_runs_from_the_first_to_the_last_colour(name):
+    bar = visualize.colorbar(name, width=64, height=5)
+    assert bar.shape == (5, 64, 3) and bar.dtype == np.uint8
+    first, last = FIRST_LAST[name]
+    assert tuple(bar[0, 0]) == first and tuple(bar[4, -1]) == last
+    np.testing.assert_array_equal(bar[0], bar[4])  # every row is the same
+    np.testing.assert_array_equal(bar[0], colorize(np.linspace(0, 1, 64)[None], name)[0])
+
+
+def test_colorbar_gray_increases_and_bad_sizes_fail():
+    grey = visualize.colorbar("gray", width=256, height=1)[0, :, 0].astype(int)
+    assert grey[0] == 0 and grey[-1] == 255 and (np.diff(grey) >= 0).all()
+    for width, height in ((1, 4), (16, 0), (16.0, 4)):
+        with pytest.raises(ValueError, match="Expected an int width >= 2 and height >= 1"):
+            visualize.colorbar("jet", width=width, height=height)
+    with pytest.raises(ValueError, match="Unknown colormap"):
+        visualize.colorbar("rainbow")
+
+
+@pytest.mark.parametrize(
+    "size, max_side, expected",
+    [((150, 200), 512, (150, 200)), ((3000, 4000), 512, (384, 512)), ((4000, 3000), 512, (512, 384)),
+     ((48, 48), None, (48, 48)), ((1, 1000), 100, (1, 100))],
+)  # fmt: skip
+def test_fit_within_keeps_the_aspect_ratio(size, max_side, expected):
+    assert visualize.fit_within(*size, max_side) == expected
+
+
+def test_resize_map_keeps_range_and_sign():
+    rng = np.random.default_rng(0)
+    signed = rng.normal(size=(8, 8)).astype(np.float32)
+    resized = visualize.resize_map(signed, (15, 20))
+    assert resized.shape == (15, 20) and resized.dtype == np.float32
+    assert signed.min() <= resized.min() < 0 < resized.max() <= signed.max()
+    np.testing.assert_array_equal(visualize.resize_map(np.full((4, 4), 0.25), (3, 9)), np.full((3, 9), 0.25))
+    same = visualize.resize_map(signed, (8, 8))
+    np.testing.assert_array_equal(same, signed)
+    assert same is not signed
+    # a left-to-right ramp stays a left-to-right ramp
+    ramp = visualize.resize_map(np.tile(np.linspace(0, 1, 4, dtype=np.float32), (4, 1)), (6, 12))
+    assert (np.diff(ramp[0]) >= 0).all() and ramp[0, 0] == 0.0 and ramp[0, -1] == 1.0
+    for bad, message in ((np.zeros(4), "2-D map"), (np.array([[np.nan]]), "NaN"), (np.zeros((0, 3)), "2-D map")):
+        with pytest.raises(ValueError, match=message):
+            visualize.resize_map(bad, (2, 2))
+    with pytest.raises(ValueError, match="at least 1x1"):
+        visualize.resize_map(signed, (0, 3))
+
+
+def test_overlay_on_draws_a_model_size_map_on_the_original_image():
+    image = np.full((150, 200, 3), 80, np.uint8)
+    saliency = np.zeros((48, 48), np.float32)
+    saliency[:, 24:] = 1.0  # right half hot
+    drawn = visualize.overlay_on(image, saliency, alpha=1.0, colormap="gray")
+    assert drawn.shape == (150, 200, 3)
+    assert drawn[75, 10, 0] == 0 and drawn[75, 190, 0] == 255  # the halves land on the image's halves
+    np.testing.assert_array_equal(visualize.overlay_on(image, saliency, alpha=0.0), image)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        visualize.overlay_on(image, saliency * 2)
+
+
+def test_resize_image():
+    image = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    resized = visualize.resize_image(image, (15, 20))
+    assert resized.shape == (15, 20, 3) and resized.dtype == np.uint8
+    np.testing.assert_array_equal(visualize.resize_image(image, (30, 40)), image)
+    with pytest.raises(ValueError, match="RGB image"):
+        visualize.resize_image(image[..., 0], (4, 4))
+
+
+def test_png_and_npz_bytes_round_trip():
+    import io
+
+    from PIL import Image
+
+    image = np.random.default_rng(2).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(visualize.png_bytes(image)))), image)
+    grey = image[..., 0]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(visualize.png_bytes(grey)))), grey)
+    with pytest.raises(ValueError, match="Expected a uint8 image"):
+        visualize.png_bytes(image.astype(np.float32))
+    maps = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((1, 1))}
+    with np.load(io.BytesIO(visualize.npz_bytes(maps))) as loaded:
+        assert set(loaded.files) == {"a", "b"}
+        np.testing.assert_array_equal(loaded["a"], maps["a"])

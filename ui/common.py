@@ -19,9 +19,43 @@ SELECTED_RUN = "selected_run_id"
 PICKER_KEY = "run_picker"
 
 
+# The browser tab's icon. Streamlit fetches a ``:material/...:`` page icon from fonts.gstatic.com, which
+# fails offline (and reaches the internet): an emoji is drawn locally (an inline SVG), so it is used instead.
+FAVICONS = {
+    ":material/visibility:": "🔍",
+    ":material/photo_library:": "🖼",
+    ":material/show_chart:": "📈",
+    ":material/grid_on:": "🔢",
+    ":material/upload_file:": "📤",
+    ":material/insights:": "📊",
+    ":material/layers:": "🧱",
+    ":material/policy:": "🛡",
+    ":material/flag:": "🚩",
+}  # any other material icon gets 📊
+
+
 def setup_page(title: str, icon: str = ":material/insights:") -> None:
-    st.set_page_config(page_title=f"{title} · XAI dashboard", page_icon=icon, layout="wide")
+    """Page config (title, a favicon that needs no network, wide layout), the title, and a sidebar
+    warning for every run folder that cannot be read."""
+    favicon = FAVICONS.get(icon, "📊") if icon.startswith(":material/") else icon
+    st.set_page_config(page_title=f"{title} · XAI dashboard", page_icon=favicon, layout="wide")
     st.title(title)
+    unreadable_runs_warning()
+
+
+def unreadable_runs_warning() -> None:
+    """Lists the run folders the run store cannot read, each with its reason (never a traceback)."""
+    finder = getattr(runs, "unreadable_runs", None)
+    if finder is None:
+        return
+    try:
+        problems = finder(workspace())
+    except Exception as exc:  # the workspace itself is unusable: say so, every page still renders
+        st.sidebar.warning(f"The workspace {workspace()} cannot be read: {exc}")
+        return
+    if problems:
+        lines = "\n".join(f"- `{Path(path).name}`: {reason}" for path, reason in problems)
+        st.sidebar.warning(f"{len(problems)} run folder(s) cannot be read and are left out:\n{lines}")
 
 
 def workspace() -> Path:
@@ -32,12 +66,29 @@ def _remember_choice() -> None:
     st.session_state[SELECTED_RUN] = st.session_state[PICKER_KEY]
 
 
+def short_labels(available: list[runs.Run], width: int = 18) -> dict[str, str]:
+    """Labels that fit the sidebar: the run's name (cut to ``width``) and its test accuracy; the end of
+    the id is added only where two runs share a name. The full id is shown under the picker."""
+    names = {r.id: str(r.meta.get("name") or r.id) for r in available}
+    repeated = {n for n in names.values() if list(names.values()).count(n) > 1}
+    labels = {}
+    for run in available:
+        name = names[run.id]
+        text = name if len(name) <= width else name[: width - 1] + "…"
+        if name in repeated:
+            text += f" #{run.id.rsplit('-', 1)[-1]}"
+        acc = run.meta.get("test_accuracy")
+        labels[run.id] = text + (f" · {acc:.3f}" if isinstance(acc, (int, float)) else "")
+    return labels
+
+
 def run_picker() -> runs.Run | None:
     """The sidebar run picker shared by every page (complete runs); default: the newest."""
     available = [r for r in runs.list_runs(workspace()) if r.is_complete]
     if not available:
         return None
     by_id = {r.id: r for r in available}
+    labels = short_labels(available)
     chosen = st.session_state.get(SELECTED_RUN)
     if chosen not in by_id:
         chosen = next((r.id for r in available if r.is_complete), available[0].id)
@@ -46,13 +97,14 @@ def run_picker() -> runs.Run | None:
     st.sidebar.selectbox(
         "Run",
         options=list(by_id),
-        format_func=lambda run_id: by_id[run_id].label,
+        format_func=labels.__getitem__,
         key=PICKER_KEY,
         on_change=_remember_choice,
-        help="Every page shows this run. Runs live in the workspace's runs/ folder.",
+        help="Every page shows this run (its name and test accuracy; the full id is below). Runs live in the workspace's runs/ folder.",
     )
-    st.sidebar.caption(f"Workspace: `{workspace()}`")
-    return by_id[st.session_state[PICKER_KEY]]
+    picked = by_id[st.session_state[PICKER_KEY]]
+    st.sidebar.caption(f"Run `{picked.id}` · {picked.meta.get('architecture', '?')}  \nWorkspace: `{workspace()}`")
+    return picked
 
 
 def require_run() -> runs.Run:
@@ -115,13 +167,44 @@ def metrics(run: runs.Run):
     return _metrics(str(run.path), _file_stamp(run, runs.METRICS_FILE))
 
 
-@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16, ttl=600)
-def dataset_index(
-    dataset_path: str, seed: int, group_split: bool = False, val_fraction: float = 0.15, test_fraction: float = 0.15
+@st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
+def _dataset_index(
+    dataset_path: str, signature: str, seed: int, group_split: bool, val_fraction: float, test_fraction: float
 ):
     from core.data import scan_dataset
 
     return scan_dataset(dataset_path, val_fraction, test_fraction, seed=seed, group_split=group_split)
+
+
+def dataset_index(
+    dataset_path: str, seed: int, group_split: bool = False, val_fraction: float = 0.15, test_fraction: float = 0.15
+):
+    """The scanned dataset, cached by the folder's signature (names, sizes, modification times): a file
+    added, removed or changed makes a later call scan again (within 10 s; at once after a Rescan)."""
+    signature = _folder_signature(str(dataset_path))
+    return _dataset_index(str(dataset_path), signature, seed, group_split, val_fraction, test_fraction)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, ttl=10)
+def _folder_signature(dataset_path: str) -> str:
+    """The folder's signature, taken again at most every 10 s (a large tree costs about 0.1 ms per file),
+    so a change shows within 10 s, or at once with Rescan."""
+    from core.data import folder_signature
+
+    return folder_signature(dataset_path)
+
+
+def clear_dataset_scans() -> None:
+    """Forgets every cached scan and signature (the Dataset page's Rescan button)."""
+    _folder_signature.clear()
+    _dataset_index.clear()
+
+
+def allowed_folder(path) -> Path:
+    """``path`` resolved if it lies inside the data roots; raises `core.paths.DataRootError` otherwise."""
+    from core.paths import data_roots, resolve_within
+
+    return resolve_within(path, data_roots(workspace()))
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)

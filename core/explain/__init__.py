@@ -5,24 +5,61 @@
 ``images`` is a batch (N, H, W, 3) of pixel values 0-255; the model carries its own preprocessing.
 Maps are raw attributions, not pictures: overlays and colormaps live in `core.visualize`.
 
-Adding a method: a small `Explainer` subclass in its own file, plus one entry in `_EXPLAINERS`.
+Adding a method: a small `Explainer` subclass in its own file, plus its module's name in `_METHOD_MODULES`.
+The registry imports each module and registers the `Explainer` subclass it defines (the one with a
+``name``); the page, the command line, the benchmark and the tests find it there.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 import numpy as np
 
-from .base import Explainer, ExplanationError, Param, cached_functions, clear_cache
+from .base import Cost, Explainer, ExplanationError, Param, cached_functions, clear_cache
 from .gradcam import GradCAM
 from .graph import conv_layer_names, default_layer_name
 from .occlusion import OcclusionSensitivity
 from .vanilla_gradients import VanillaGradients
 
-_EXPLAINERS: dict[str, Explainer] = {
-    explainer.name: explainer for explainer in (GradCAM(), OcclusionSensitivity(), VanillaGradients())
-}
+_METHOD_MODULES = (
+    "gradcam",
+    "occlusion",
+    "vanilla_gradients",
+    "gradcam_plus_plus",
+    "score_cam",
+    "smoothgrad",
+    "integrated_gradients",
+    "gradient_x_input",
+    "lime",
+    "rise",
+)
+"""One line per method, in the order they are offered: the module (file) in this package defining it."""
+
+
+def _discover(module_names) -> dict[str, Explainer]:
+    explainers = {}
+    for module_name in module_names:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        defined = [
+            cls
+            for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, Explainer) and cls.__module__ == module.__name__ and cls.name
+        ]
+        if len(defined) != 1:
+            raise ImportError(
+                f"Expected one named Explainer subclass in {module.__name__}. Received: {[c.__name__ for c in defined]}"
+            )
+        explainer = defined[0]()
+        if explainer.name in explainers:
+            raise ImportError(f"Two explanation methods named {explainer.name!r}")
+        explainers[explainer.name] = explainer
+    return explainers
+
+
+_EXPLAINERS: dict[str, Explainer] = _discover(_METHOD_MODULES)
 
 METHODS: tuple[str, ...] = tuple(_EXPLAINERS)
 """Names accepted by `explain`'s ``method``."""
@@ -112,6 +149,7 @@ def explain(model, images, method: str, class_index=None, normalize: bool = True
 
 __all__ = [
     "METHODS",
+    "Cost",
     "PARAMS",
     "Explainer",
     "ExplanationError",

@@ -11,8 +11,16 @@ Every method takes a batch of pixel images (N, H, W, 3), values 0-255, and retur
 4. runs it: the method's `Explainer.attribute` (raw maps, inside the graph), then `Explainer.normalize`
    (inside the graph), then a last ``nan_to_num``/``clip`` on the numpy result.
 
-A method is a subclass overriding `attribute` (and `check_params`/`normalize` where it needs to),
-registered in ``core/explain/__init__.py``.
+A method is a subclass overriding `attribute` (and `check_params`/`normalize` where it needs to), in its
+own file, registered by one line in ``core/explain/__init__.py``. Families share a base: `cam.CAMExplainer`
+(the CAM methods differ only in their channel weights) and `gradients.GradientExplainer` (the score and
+input-gradient step; SmoothGrad wraps the others). A method that must run in Python (LIME, through the
+``lime`` package) sets ``in_graph = False`` and writes `Explainer.attribute_eager` around the model's
+compiled predict instead. Each method also states its bare work (`Explainer.cost` / `Explainer.floor`),
+which the benchmark compiles and times beside it.
+
+Imports flow one way: ``common`` (error, Param, checks, in-graph helpers) -> ``graph`` -> ``base`` ->
+the method files -> the registry.
 """
 
 from __future__ import annotations
@@ -20,155 +28,41 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from . import graph
+from .common import (  # noqa: F401 (re-exported: methods and older callers import them from here)
+    PARAM_KINDS,
+    ExplanationError,
+    Param,
+    check_bool,
+    check_choice,
+    check_float,
+    check_images,
+    check_int,
+    class_indices,
+    pick,
+    resolve_classes,
+    scale_abs_max,
+    scale_by_max,
+    scale_min_max,
+    scale_positive,
+)
 
-class ExplanationError(ValueError):
-    """An explanation cannot be computed as asked; the message says what was expected and received."""
 
+class Cost(NamedTuple):
+    """The bare work one explanation does per image, for the benchmark's floor (see `Explainer.floor`).
 
-PARAM_KINDS = ("int", "float", "bool", "choice", "layer")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One user-facing parameter of a method, described well enough to build a widget or a CLI option.
-
-    Attributes:
-        default: the value used when the caller gives none (may be None when ``nullable``).
-        help: one line for the UI and ``--help``.
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``choices``) or ``"layer"`` (a
-            layer name of the model, see `conv_layer_names`).
-        minimum, maximum: inclusive bounds for ``int``/``float`` (None: unbounded). Bounds that depend
-            on the image size come from `Explainer.bounds`, not from here.
-        choices: the allowed values for ``"choice"``.
-        nullable: None is an accepted value (with a meaning given in ``help``).
+    ``kind``: "forward" (class scores of ``copies`` images) or "gradient" (the gradient of the class
+    score with respect to ``copies`` input images); ``batch_size``: copies per pass (None: all at once).
     """
 
-    default: Any
-    help: str
-    minimum: float | None = None
-    kind: str = "int"
-    maximum: float | None = None
-    choices: tuple = ()
-    nullable: bool = False
-
-    def __post_init__(self):
-        if self.kind not in PARAM_KINDS:
-            raise ValueError(f"Param kind must be one of {PARAM_KINDS}. Received: kind={self.kind!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Checks shared by every method
-# ----------------------------------------------------------------------------------------------
-
-
-def check_images(method: str, images, model_hw: tuple) -> np.ndarray:
-    """Returns ``images`` as a contiguous float32 (N, H, W, 3) array, or raises `ExplanationError`."""
-    try:
-        array = np.asarray(images)
-    except Exception as exc:  # ragged lists and the like
-        raise ExplanationError(
-            f"{method}: expected images as an array (N, H, W, 3). Received: {type(images).__name__} ({exc})"
-        ) from exc
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ExplanationError(
-            f"{method}: expected images of a numeric dtype (uint8 or float, pixel values 0-255). "
-            f"Received: dtype={array.dtype}"
-        )
-    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 1:
-        hint = " (a single image? pass images[None])" if array.ndim == 3 else ""
-        raise ExplanationError(
-            f"{method}: expected a batch of RGB images of shape (N, H, W, 3) with N >= 1. "
-            f"Received: shape {array.shape}{hint}"
-        )
-    height, width = model_hw
-    if (height is not None and array.shape[1] != height) or (width is not None and array.shape[2] != width):
-        raise ExplanationError(
-            f"{method}: expected images of height {height} and width {width}, the model's input size. "
-            f"Received: shape {array.shape}"
-        )
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ExplanationError(f"{method}: expected finite pixel values. Received: NaN or infinite values")
-    return array
-
-
-def class_indices(method: str, class_index, n_images: int, n_classes: int) -> np.ndarray:
-    """(N,) int32 class indices; -1 marks 'the image's predicted class' (``class_index=None``)."""
-    if class_index is None:
-        return np.full(n_images, -1, np.int32)
-
-    def is_int(value) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-    if is_int(class_index):
-        values = [int(class_index)] * n_images
-    elif isinstance(class_index, np.ndarray) and class_index.ndim == 0 and is_int(class_index.item()):
-        values = [int(class_index.item())] * n_images
-    else:
-        try:
-            values = list(class_index)
-        except TypeError:
-            values = None
-        if values is None or len(values) != n_images or not all(is_int(v) for v in values):
-            raise ExplanationError(
-                f"{method}: expected class_index as None, an int, or a sequence of {n_images} ints "
-                f"(one per image). Received: class_index={class_index!r}"
-            )
-        values = [int(v) for v in values]
-    bad = [v for v in values if not 0 <= v < n_classes]
-    if bad:
-        raise ExplanationError(
-            f"{method}: expected class_index in [0, {n_classes - 1}] (the model has {n_classes} classes). "
-            f"Received: class_index={class_index!r}"
-        )
-    return np.asarray(values, np.int32)
-
-
-def check_int(method: str, name: str, value, low: int, high: int | None = None, why: str = "") -> int:
-    """An int parameter within [low, high]; raises `ExplanationError` naming it otherwise."""
-    if (
-        not isinstance(value, (int, np.integer))
-        or isinstance(value, (bool, np.bool_))
-        or not (low <= value and (high is None or value <= high))
-    ):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ExplanationError(f"{method}: expected {name} an int {bound}{why}. Received: {name}={value!r}")
-    return int(value)
-
-
-# ----------------------------------------------------------------------------------------------
-# In-graph helpers shared by the methods
-# ----------------------------------------------------------------------------------------------
-
-
-def resolve_classes(class_index: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
-    """Replaces the -1 entries of ``class_index`` by each image's predicted class (argmax)."""
-    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    return tf.where(class_index < 0, predicted, class_index)
-
-
-def pick(values: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
-    """``values[i, classes[i]]`` for each row i."""
-    return tf.gather(values, classes, axis=1, batch_dims=1)
-
-
-def scale_by_max(maps: tf.Tensor) -> tf.Tensor:
-    """Divides each map by its maximum; a map whose maximum is not positive becomes all zeros."""
-    peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-    return tf.where(peak > 0, maps / tf.where(peak > 0, peak, 1.0), 0.0)
-
-
-def scale_min_max(maps: tf.Tensor) -> tf.Tensor:
-    """Maps each map's range onto [0, 1]; a flat map becomes all zeros."""
-    low = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
-    span = tf.reduce_max(maps, axis=(1, 2), keepdims=True) - low
-    return tf.where(span > 0, (maps - low) / tf.where(span > 0, span, 1.0), 0.0)
+    kind: str
+    copies: int
+    batch_size: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,6 +114,8 @@ class Explainer:
     signed: ClassVar[bool] = False  # raw maps can be negative
     randomized: ClassVar[bool] = False  # takes a seed; the same seed gives the same map
     params: ClassVar[Mapping[str, Param]] = {}
+    fast_params: ClassVar[Mapping[str, Any]] = {}  # a cheap, rough setting (previews, tests)
+    in_graph: ClassVar[bool] = True  # False: `attribute_eager` runs in Python around a compiled predict
 
     def bounds(self, height: int, width: int) -> dict[str, dict]:
         """Per-parameter overrides of ``minimum``/``maximum``/``default`` for an image of this size
@@ -244,9 +140,26 @@ class Explainer:
         predicted class. Runs inside a ``tf.function``; ``model`` is usable only while tracing."""
         raise NotImplementedError
 
+    def attribute_eager(self, predict, images: np.ndarray, classes: np.ndarray, options: dict) -> np.ndarray:
+        """For methods with ``in_graph = False`` (a library that runs in Python, such as LIME): raw maps
+        (N, H, W) for float32 ``images``, with ``classes`` resolved (no -1). ``predict`` is the model's
+        compiled, batched ``images -> probabilities`` (N, C) numpy function."""
+        raise NotImplementedError
+
     def normalize(self, maps: tf.Tensor) -> tf.Tensor:
         """Raw maps -> [0, 1]; the default divides by each map's maximum."""
         return scale_by_max(maps)
+
+    def cost(self, options: dict, height: int, width: int) -> Cost:
+        """The bare work behind one image's explanation with these options (the benchmark's floor).
+        The base: one gradient of the class score with respect to the image."""
+        return Cost("gradient", 1)
+
+    def floor(self, model, options: dict, height: int, width: int):
+        """The same work as a bare function ``(images, class_index) -> scalar`` on ``model`` (no graph walk,
+        no checks, no map), for the benchmark to compile and time beside this method. Built from `cost`;
+        a method whose work is something else overrides this."""
+        return bare_floor(model, self.cost(options, height, width))
 
     # -- pipeline ---------------------------------------------------------------------------------
 
@@ -284,6 +197,8 @@ class Explainer:
         return function
 
     def _compile(self, model, options: dict, height: int, width: int):
+        if not self.in_graph:
+            return _EagerFunction(self, model, options, height, width)
         model_ref = weakref.ref(model)
         attribute, normalize = self.attribute, self.normalize
 
@@ -318,8 +233,6 @@ class Explainer:
             raise ExplanationError(f"{self.name}: {exc}") from exc
 
     def _explain(self, model, images, class_index, params: dict, normalize: bool = True) -> np.ndarray:
-        from . import graph
-
         n_classes = graph.num_classes(model)
         shape = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else (None, None, None, 3)
         array = check_images(self.name, images, shape[1:3])
@@ -330,3 +243,64 @@ class Explainer:
             function(tf.constant(array), tf.constant(classes)).numpy(), nan=0.0, posinf=0.0, neginf=0.0
         )
         return (np.clip(maps, 0.0, 1.0) if normalize else maps).astype(np.float32)
+
+
+class _EagerFunction:
+    """The cached 'function' of a method that runs in Python (``in_graph = False``): a compiled predict
+    (traced once per model and size, like every other method's function) plus the method's own code."""
+
+    def __init__(self, explainer: Explainer, model, options: dict, height: int, width: int):
+        score_model = graph.ScoreModel(model)
+        self._explainer = explainer
+        self._options = {k: v for k, v in options.items() if k != "_normalize"}
+        self._scale = options.get("_normalize", True)
+        self._predict = tf.function(
+            lambda images: score_model(images).probabilities,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+            autograph=False,
+        )
+        self._predict.get_concrete_function()
+
+    def predict(self, images) -> np.ndarray:
+        """Class probabilities (N, C) of a numpy batch, as float64 (what scikit-learn's regressors want)."""
+        return self._predict(tf.constant(np.asarray(images, np.float32))).numpy().astype(np.float64)
+
+    def experimental_get_tracing_count(self) -> int:
+        return self._predict.experimental_get_tracing_count()
+
+    def __call__(self, images, class_index):
+        array = np.asarray(images, np.float32)
+        classes = np.asarray(class_index, np.int32)
+        if (classes < 0).any():
+            classes = np.where(classes < 0, self.predict(array).argmax(axis=1), classes).astype(np.int32)
+        maps = tf.constant(np.asarray(self._explainer.attribute_eager(self.predict, array, classes, self._options)))
+        maps = tf.cast(maps, tf.float32)
+        return self._explainer.normalize(maps) if self._scale else maps
+
+
+def bare_floor(model, cost: Cost):
+    """``(images, class_index) -> scalar``: ``cost.copies`` copies of each image through ``model`` itself
+    (its output, softmax included), forward only or with the input gradient, ``cost.batch_size`` at a time."""
+    copies, batch_size, gradient = int(cost.copies), cost.batch_size, cost.kind == "gradient"
+
+    def floor(images, class_index):
+        n_images = tf.shape(images)[0]
+        total = n_images * copies
+        step = total if batch_size is None else batch_size
+
+        def body(start, acc):
+            image = tf.range(start, tf.minimum(start + step, total)) // copies
+            x, c = tf.gather(images, image), tf.gather(class_index, image)
+            if gradient:
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    score = pick(model(x, training=False), c)
+                value = tf.reduce_sum(tape.gradient(score, x))
+            else:
+                value = tf.reduce_sum(pick(model(x, training=False), c))
+            return start + step, acc + value
+
+        _, acc = tf.while_loop(lambda start, _: start < total, body, (tf.constant(0), tf.constant(0.0)))
+        return acc
+
+    return floor

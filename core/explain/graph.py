@@ -26,7 +26,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from .base import ExplanationError
+from .common import ExplanationError
 
 LayerPath = tuple[str, ...]
 """Names from the outer model down to a layer: ``("efficientnetb0", "top_activation")``."""

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from . import graph
-from .base import Explainer, Param, check_int, pick, resolve_classes, scale_min_max
+from .base import Cost, Explainer
+from .common import Param, check_int, pick, resolve_classes, scale_min_max
 
 FILL_VALUE = 127.5
 
@@ -47,6 +48,7 @@ class OcclusionSensitivity(Explainer):
         "stride": Param(None, "Step between patches, in pixels; None: patch_size.", minimum=1, nullable=True),
         "batch_size": Param(64, "Occluded copies per forward pass (bounds memory).", minimum=1),
     }
+    fast_params = {"patch_size": 4}
 
     def check_params(self, model, height, width, **params):
         options = super().check_params(model, height, width, **params)
@@ -76,6 +78,12 @@ class OcclusionSensitivity(Explainer):
 
     def normalize(self, maps):
         return scale_min_max(maps)
+
+    def cost(self, options, height, width):
+        windows = len(window_starts(height, options["patch_size"], options["stride"])) * len(
+            window_starts(width, options["patch_size"], options["stride"])
+        )
+        return Cost("forward", windows + 1, options["batch_size"])
 
     def attribute(self, model, images, class_index, options):
         score_model = graph.ScoreModel(model)

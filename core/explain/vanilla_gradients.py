@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from . import graph
-from .base import Explainer, pick, resolve_classes
+from .gradients import GradientExplainer, score_and_gradient
 
 
-class VanillaGradients(Explainer):
+class VanillaGradients(GradientExplainer):
     name = "vanilla_gradients"
     title = "Vanilla gradients"
     description = "How strongly each pixel's change would move the class score (fine-grained, noisy)."
@@ -20,10 +19,6 @@ class VanillaGradients(Explainer):
     units = "|d score / d pixel| summed over the colour channels (score units per pixel value)"
     params = {}
 
-    def attribute(self, model, images, class_index, options):
-        score_model = graph.ScoreModel(model)
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            forward = score_model(images)
-            score = pick(forward.scores, resolve_classes(class_index, forward.probabilities))
-        return tf.reduce_sum(tf.abs(tape.gradient(score, images)), axis=-1)
+    def gradient_map(self, score_model, images, classes, options):
+        grads, _, _ = score_and_gradient(score_model, images, classes)
+        return tf.reduce_sum(tf.abs(grads), axis=-1)

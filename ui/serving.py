@@ -1,0 +1,183 @@
+"""Streamlit glue for feedback, embeddings and the API: cached loaders and the Explainer's "Flag this" form.
+
+render_flag_form(run, image, prediction, method, params, explained_class)   # on the Explainer page
+render_api_status()                                                          # a Serve section (Home)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import urllib.request
+
+import numpy as np
+import streamlit as st
+
+from core import feedback, runs
+from ui.common import model, model_stamp, workspace
+
+NO_CLASS = "(not sure)"
+API_URL = "http://127.0.0.1:8000"
+
+
+# ---- feedback --------------------------------------------------------------------------------------
+
+
+def _probabilities(run: runs.Run, prediction) -> dict[str, float]:
+    """``prediction`` as {class: probability}: a dict like that, an API-style answer, or a (C,) array."""
+    if isinstance(prediction, dict):
+        prediction = prediction.get("probabilities", prediction)
+        return {str(k): float(v) for k, v in prediction.items() if isinstance(v, (int, float, np.floating))}
+    probs = np.asarray(prediction, dtype=float).reshape(-1)
+    return {name: float(p) for name, p in zip(run.class_names, probs, strict=False)}
+
+
+def _image_key(image) -> str:
+    data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else np.ascontiguousarray(image).tobytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def render_flag_form(run: runs.Run, image, prediction, method: str | None, params: dict | None, explained_class):
+    """A "Flag this" form: flag type, the correct class if known, a comment; stores the flag with the image.
+
+    Args:
+        run: the run whose model made the prediction.
+        image: the image as encoded bytes (an upload) or a uint8 (H, W, 3) array.
+        prediction: {class: probability}, an API answer with "probabilities", or a (C,) probability array.
+        method, params: the explanation shown (None if none).
+        explained_class: the class explained, a name or an index into the run's classes.
+    """
+    probabilities = _probabilities(run, prediction)
+    predicted = max(probabilities, key=probabilities.get) if probabilities else None
+    if isinstance(explained_class, (int, np.integer)):
+        explained_class = run.class_names[int(explained_class)]
+    key = f"flag_{run.id}_{_image_key(image)}_{method}"
+    with st.expander("Flag this prediction or explanation", icon=":material/flag:"):
+        with st.form(key=key, clear_on_submit=True):
+            flag_type = st.radio(
+                "What is wrong?",
+                list(feedback.FLAG_TYPES),
+                format_func=feedback.FLAG_TYPES.get,
+                key=f"{key}_type",
+                horizontal=True,
+            )
+            correct = st.selectbox("Correct class, if you know it", [NO_CLASS, *run.class_names], key=f"{key}_class")
+            comment = st.text_area("Comment", key=f"{key}_comment", max_chars=5000, placeholder="What did you see?")
+            submitted = st.form_submit_button("Flag this", icon=":material/flag:")
+        if submitted:
+            try:
+                flag_id = feedback.add_flag(
+                    workspace(),
+                    image,
+                    flag_type=flag_type,
+                    run_id=run.id,
+                    correct_class=None if correct == NO_CLASS else correct,
+                    comment=comment,
+                    predicted_class=predicted,
+                    probabilities=probabilities,
+                    explained_class=explained_class,
+                    method=method,
+                    params=params or {},
+                    source="dashboard",
+                )
+            except (feedback.FeedbackError, OSError) as exc:
+                st.error(f"The flag could not be stored: {exc}")
+            else:
+                st.success(f"Flag #{flag_id} stored ({feedback.FLAG_TYPES[flag_type]}). See it on the Feedback page.")
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def thumbnail_uri(image_path: str, max_side: int = 64) -> str:
+    """A small PNG data URI of a stored image (content-addressed, so its path is a sufficient key)."""
+    from core.data import ImageError, load_thumbnail
+    from core.visualize import png_bytes
+
+    try:
+        return "data:image/png;base64," + base64.b64encode(png_bytes(load_thumbnail(image_path, max_side))).decode()
+    except (ImageError, OSError):
+        return ""
+
+
+def flags_table(flags: list[dict]):
+    """The flags as a table for st.dataframe, a thumbnail column first."""
+    import pandas as pd
+
+    root = feedback.images_dir(workspace())
+    rows = [
+        {
+            "image": thumbnail_uri(str(root / f["image_file"])),
+            "id": f["id"],
+            "when (UTC)": f["created_at"][:19].replace("T", " "),
+            "type": feedback.FLAG_TYPES.get(f["flag_type"], f["flag_type"]),
+            "run": f["run_id"],
+            "predicted": f["predicted_class"],
+            "confidence": max(f["probabilities"].values()) if f["probabilities"] else None,
+            "correct class": f["correct_class"],
+            "explained": f["explained_class"],
+            "method": f["method"],
+            "params": json.dumps(f["params"]) if f["params"] else "",
+            "comment": f["comment"],
+            "source": f.get("source"),
+        }
+        for f in flags
+    ]
+    return pd.DataFrame(rows)
+
+
+# ---- embeddings ------------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Computing the feature space (once per run)…", max_entries=8)
+def _embeddings(run_path: str, stamp: int, train_sample: int):
+    from core.embeddings import compute_embeddings
+
+    return compute_embeddings(runs.read_run(run_path), train_sample=train_sample)
+
+
+def embeddings(run: runs.Run, train_sample: int = 200):
+    """The run's embeddings (features, PCA, t-SNE), from the on-disk cache after the first time."""
+    return _embeddings(str(run.path), model_stamp(run), train_sample)
+
+
+@st.cache_data(show_spinner="Grad-CAM…", max_entries=64)
+def _gradcam(run_path: str, stamp: int, image_path: str):
+    from core.data import load_image
+    from core.explain import explain
+    from core.models import input_size, predict_proba
+    from core.visualize import overlay
+
+    keras_model = model(runs.read_run(run_path))
+    image = load_image(image_path, input_size(keras_model))
+    probs = predict_proba(keras_model, image[None])[0]
+    saliency = explain(keras_model, image[None], "gradcam")[0]
+    return image, probs, overlay(image, saliency, 0.5, "jet")
+
+
+def gradcam_for(run: runs.Run, image_path: str):
+    """(image, probabilities, Grad-CAM overlay for the predicted class) of one dataset image."""
+    return _gradcam(str(run.path), model_stamp(run), str(image_path))
+
+
+# ---- the API ---------------------------------------------------------------------------------------
+
+
+def api_health(url: str = API_URL, timeout: float = 0.5) -> dict | None:
+    """The /health answer of an API server at ``url``, or None if none answers."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return json.loads(response.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def render_api_status(run: runs.Run | None = None, url: str = API_URL) -> None:
+    """A Serve section: the command that starts the REST API and whether one answers at ``url``."""
+    run_arg = f" --run {run.id}" if run is not None else ""
+    st.code(f"python -m core serve{run_arg} --port 8000", language="bash")
+    health = api_health(url)
+    if health:
+        loaded = ", ".join(health.get("runs_loaded", [])) or "none yet"
+        st.success(f"An API server answers at {url} (runs loaded: {loaded}). Docs: {url}/docs")
+    else:
+        st.caption(f"No API server answers at {url}. Start one with the command above; its docs are then at /docs.")
