@@ -4,11 +4,14 @@ import streamlit as st
 
 from core import demo, system
 from ui.common import run_picker, setup_page, workspace
+from ui.serving import render_api_status
 
 setup_page("XAI dashboard for image classifiers", ":material/visibility:")
 st.markdown(
     "See your **data**, your **training**, your **evaluation**, and **why** the model decides as it does: "
-    "Grad-CAM, occlusion sensitivity and vanilla gradients side by side on any test image or upload."
+    "ten explanation methods (Grad-CAM, Grad-CAM++, Score-CAM, occlusion, gradients, SmoothGrad, Integrated "
+    "Gradients, LIME, RISE, ...) side by side on any test image or upload, each with the evidence for trusting "
+    "it: faithfulness scores, sanity checks and an audit of what the model looks at over the whole test set."
 )
 
 run = run_picker()
@@ -60,11 +63,22 @@ st.markdown(
 )
 
 st.subheader("Pages")
-links = st.columns(5)
-links[0].page_link("pages/1_Dataset.py", label="Dataset", icon=":material/photo_library:")
-links[1].page_link("pages/2_Training.py", label="Training", icon=":material/show_chart:")
-links[2].page_link("pages/3_Evaluation.py", label="Evaluation", icon=":material/grid_on:")
-links[3].page_link("pages/4_Explainer.py", label="Explainer", icon=":material/visibility:")
-links[4].page_link("pages/5_Import_model.py", label="Import model", icon=":material/upload_file:")
+PAGES = [
+    ("pages/1_Dataset.py", "Dataset", ":material/photo_library:"),
+    ("pages/2_Training.py", "Training", ":material/show_chart:"),
+    ("pages/3_Evaluation.py", "Evaluation", ":material/grid_on:"),
+    ("pages/4_Explainer.py", "Explainer", ":material/visibility:"),
+    ("pages/5_Import_model.py", "Import model", ":material/upload_file:"),
+    ("pages/6_Inside_the_model.py", "Inside the model", ":material/layers:"),
+    ("pages/7_Audit.py", "Audit", ":material/policy:"),
+    ("pages/8_Feedback.py", "Feedback", ":material/flag:"),
+]
+for start in range(0, len(PAGES), 5):
+    for column, (page, label, icon) in zip(st.columns(5), PAGES[start : start + 5]):
+        column.page_link(page, label=label, icon=icon)
+
+st.subheader("Serve")
+st.caption("A REST API over the runs (FastAPI): `/predict`, `/explain`, `/feedback`, `/runs`, docs at `/docs`.")
+render_api_status(run)
 
 st.caption(f"TensorFlow {system.tensorflow_version() or 'not installed'} · device: {system.device_in_use()}")

@@ -7,6 +7,7 @@ from core import evaluation
 from core.runs import RunError
 from ui import charts, explorer
 from ui.common import metrics, predictions, require_run, setup_page
+from ui.serving import render_report_download
 
 setup_page("Evaluation", ":material/grid_on:")
 run = require_run()
@@ -52,6 +53,9 @@ with report_tab:
             st.write("None: every test image is classified correctly.")
         else:
             st.dataframe(wrong[["path", "true_class", "pred_class", "confidence"]], hide_index=True)
+
+    st.subheader("Share this run")
+    render_report_download(run)
 with calibration_tab:
     st.caption("Are the probabilities honest? A model that says 0.9 should be right 9 times out of 10.")
     explorer.render_calibration(run, frame)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import multiprocessing
 import sqlite3
 
 import numpy as np
@@ -17,34 +16,65 @@ from core import feedback
 PROCESSES, FLAGS_EACH = 4, 25
 
 
-def png(width: int, height: int) -> bytes:  # not apptest's: the spawned writers would import streamlit
+def png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((height, width, 3), 200, np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _writer(args) -> int:
-    workspace, worker = args
-    image = png(8 + worker, 8)  # one image per process: each stored once however often it is flagged
-    for k in range(FLAGS_EACH):
-        feedback.add_flag(
-            workspace,
-            image,
-            flag_type=list(feedback.FLAG_TYPES)[k % len(feedback.FLAG_TYPES)],
-            run_id=f"run-{worker}",
-            correct_class=["circle", "square"][k % 2],
-            predicted_class="triangle",
-            probabilities={"circle": 0.1, "square": 0.2, "triangle": np.float32(0.7)},
-            comment=f"worker {worker} flag {k}",
-            source="api" if worker % 2 else "dashboard",
-        )
-    return FLAGS_EACH
+WRITER = """
+import io, sys
+import numpy as np
+from PIL import Image
+from core import feedback
+
+workspace, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+buffer = io.BytesIO()
+Image.fromarray(np.full((8, 8 + worker, 3), 200, np.uint8)).save(buffer, format="PNG")
+image = buffer.getvalue()  # one image per process: each stored once however often it is flagged
+sys.stdin.readline()  # every writer waits here until all have started: they write at the same time
+for k in range(count):
+    feedback.add_flag(
+        workspace,
+        image,
+        flag_type=list(feedback.FLAG_TYPES)[k % len(feedback.FLAG_TYPES)],
+        run_id=f"run-{worker}",
+        correct_class=["circle", "square"][k % 2],
+        predicted_class="triangle",
+        probabilities={"circle": 0.1, "square": 0.2, "triangle": np.float32(0.7)},
+        comment=f"worker {worker} flag {k}",
+        source="api" if worker % 2 else "dashboard",
+    )
+print(count)
+"""
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(PROCESSES) as pool:
-        written = pool.map(_writer, [(str(tmp_path), w) for w in range(PROCESSES)])
+    """PROCESSES separate Python processes (as the dashboard and API servers are) flag at the same time."""
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(w), str(FLAGS_EACH)],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(PROCESSES)
+    ]
+    written = []
+    for writer in writers:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    for writer in writers:
+        out, err = writer.communicate(timeout=180)
+        assert writer.returncode == 0, err[-2000:]
+        written.append(int(out.strip()))
     assert sum(written) == PROCESSES * FLAGS_EACH
     assert feedback.count_flags(tmp_path) == PROCESSES * FLAGS_EACH
     flags = feedback.list_flags(tmp_path)

@@ -60,3 +60,17 @@ def test_evaluation_page_shows_new_metrics_after_re_evaluation(app_workspace, mo
     runs.atomic_write_json(run.file(runs.METRICS_FILE), {**metrics, "accuracy": 0.123})  # as `core evaluate` would
     at = open_page("pages/3_Evaluation.py", workspace, monkeypatch)
     assert {m.label: m.value for m in at.metric}["Test accuracy"] == "0.123"
+
+
+def test_the_report_is_built_and_downloaded_from_the_page(app_workspace, monkeypatch):
+    at = open_page("pages/3_Evaluation.py", app_workspace, monkeypatch)
+    assert not [b for b in at.get("download_button") if b.proto.id.endswith("report_download")]
+    at.multiselect(key="report_methods").set_value(["gradcam"])
+    at.number_input(key="report_per_class").set_value(1)
+    at.button(key="report_build").click().run()
+    assert not at.exception and not at.error
+    (button,) = [b for b in at.get("download_button") if b.proto.id.endswith("report_download")]
+    assert "gradcam" in button.proto.label and button.proto.label.startswith("Download report.html (")
+    run_id, methods, html = at.session_state["built_report"]
+    assert methods == ["gradcam"] and html.lstrip().lower().startswith("<!doctype html")
+    assert html.count("data:image/png;base64,") >= 3  # one explained image per class, at least

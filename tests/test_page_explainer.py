@@ -75,9 +75,24 @@ def test_default_methods_side_by_side_with_raw_ranges_and_downloads(app_workspac
     raw = [c.value for c in at.caption if c.value.startswith("Raw range [")]
     assert len(raw) == 3 and all(describe(m)["units"] in text for m, text in zip(DEFAULT, raw))
     assert len(images(at)) == 1 + 3 * 3  # the input, then overlay + heatmap + colour bar per method
-    (probabilities,) = plots(at)
+    probabilities, *curves = plots(at)
     assert probabilities["data"][0]["y"] == ["circle", "square", "triangle"]
     assert not at.error and not at.exception
+
+    # evidence under each map: deletion and insertion curves (21 points) with the random map's beside them
+    assert len(curves) == 3
+    for figure in curves:
+        names = [trace["name"] for trace in figure["data"]]
+        assert names == ["deletion", "deletion, random", "insertion", "insertion, random"]
+        assert all(len(trace["y"]) == 21 and 0 <= min(trace["y"]) <= max(trace["y"]) <= 1 for trace in figure["data"])
+        assert figure["data"][0]["x"][0] == 0 and figure["data"][0]["x"][-1] == 1
+    aucs = [c.value for c in at.caption if c.value.startswith("Deletion AUC")]
+    assert len(aucs) == 3
+    (ranking,) = [c.value for c in at.caption if c.value.startswith("Faithfulness ranking")]
+    assert all(describe(m)["title"] in ranking for m in DEFAULT) and "random map" in ranking
+    # the shapes dataset has masks: each method is scored against the test image's mask
+    localisation = [c.value for c in at.caption if c.value.startswith("Against the mask")]
+    assert len(localisation) == 3 and all(("hit" in t or "miss" in t) and "top-k IoU" in t for t in localisation)
 
     files = downloads(at)
     assert set(files) == {f"a_{m}_{kind}_png" for m in DEFAULT for kind in ("overlay", "heatmap")} | {
@@ -241,3 +256,90 @@ def test_two_runs_on_the_same_image(two_run_workspace, monkeypatch, recorded):
     assert report_b["methods"]["occlusion"]["parameters"]["patch_size"] == 16  # clamped to the 32 px bounds
     assert report_b["methods"]["gradcam"]["parameters"]["layer_name"] == "block2_conv"
     assert report_a["image_size"] == report_b["image_size"]  # both drawn on the same picture
+
+
+def test_faithfulness_can_be_switched_off(app_workspace, monkeypatch):
+    at = _explainer(app_workspace, monkeypatch)
+    at.toggle(key="faithfulness").set_value(False).run()
+    assert not at.exception and len(plots(at)) == 1  # the probabilities only
+    assert not [c for c in at.caption if c.value.startswith(("Deletion AUC", "Faithfulness ranking"))]
+    assert len(_timings(at)) == 3
+
+
+def _workspace_copy(app_workspace, tmp_path):
+    from core import runs
+
+    (run,) = runs.list_runs(app_workspace)
+    shutil.copytree(run.path, runs.runs_dir(tmp_path) / run.id)
+    return tmp_path, runs.read_run(runs.runs_dir(tmp_path) / run.id)
+
+
+def test_another_page_opens_an_image_with_its_true_and_predicted_class(app_workspace, monkeypatch, tmp_path):
+    from core import runs
+
+    workspace, run = _workspace_copy(app_workspace, tmp_path)
+    frame = runs.load_predictions(run)
+    row = frame.iloc[-1]
+    other = next(c for c in run.class_names if c != row["true_class"])  # a "predicted" class unlike the true one
+    at = open_page(None, workspace, monkeypatch)
+    at.session_state["explain_request"] = {"run": run.id, "path": row["path"], "classes": [row["true_class"], other]}
+    at.switch_page("pages/4_Explainer.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="test_image").value == row["path"]
+    assert at.selectbox(key="target_class").value == "Predicted and true class, side by side"
+    assert at.selectbox(key="compare_run").disabled
+    if row["pred_class"] == row["true_class"]:  # the model is right: one class to explain
+        assert any("one class to explain" in c.value for c in at.caption)
+        assert len(_timings(at)) == 3
+    else:
+        heads = [m.value for m in at.markdown if m.value.startswith(("Predicted class **", "True class **"))]
+        assert heads[0].startswith(f"Predicted class **{row['pred_class']}**")
+        assert heads[1].startswith(f"True class **{row['true_class']}**")
+        assert len(_timings(at)) == 6
+    # choosing a class by hand explains that class only
+    at.selectbox(key="target_class").select(other).run()
+    assert any(f"explaining **{other}**" in m.value for m in at.markdown) and len(_timings(at)) == 3
+
+
+def test_side_by_side_classes_on_a_misclassified_image(app_workspace, monkeypatch, tmp_path):
+    """A threshold that makes the first class win everywhere turns images of other classes into mistakes."""
+    from core import explorer, runs
+
+    workspace, run = _workspace_copy(app_workspace, tmp_path)
+    first = run.class_names[0]
+    explorer.save_threshold(run, first, 0.0)  # the first class whenever its probability is >= 0
+    frame = runs.load_predictions(run)
+    row = frame[frame["true_class"] != first].iloc[0]
+    at = _explainer(workspace, monkeypatch)
+    at.selectbox(key="test_image").set_value(row["path"]).run()
+    assert any(c.value.startswith(f"Decision threshold saved on the Evaluation page: **{first}**") for c in at.caption)
+    assert any(m.value.startswith(f"Predicted **{first}**") for m in at.markdown)
+    at.selectbox(key="target_class").select("Predicted and true class, side by side").run()
+    assert not at.exception and not at.error
+    heads = [m.value for m in at.markdown if m.value.startswith(("Predicted class **", "True class **"))]
+    assert heads[0].startswith(f"Predicted class **{first}**") and heads[1].startswith(
+        f"True class **{row['true_class']}**"
+    )
+    assert len(_timings(at)) == 6
+    rankings = [c.value for c in at.caption if "Faithfulness ranking" in c.value]
+    assert len(rankings) == 2  # one per class
+
+
+def test_a_flag_from_the_explainer_is_stored_with_the_image(app_workspace, monkeypatch, tmp_path):
+    from core import feedback
+
+    workspace, run = _workspace_copy(app_workspace, tmp_path)
+    at = _explainer(workspace, monkeypatch)
+    path = at.selectbox(key="test_image").value
+    (form_type,) = [r for r in at.radio if r.key and r.key.endswith("_type")]
+    form_type.set_value("implausible_explanation")
+    prefix = form_type.key[: -len("_type")]
+    at.text_area(key=f"{prefix}_comment").set_value("lights up the background")
+    next(b for b in at.button if b.label == "Flag this").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("stored" in s.value for s in at.success)
+    (flag,) = feedback.list_flags(workspace)
+    assert flag["run_id"] == run.id and flag["flag_type"] == "implausible_explanation"
+    assert flag["comment"] == "lights up the background"
+    assert flag["method"] == "gradcam, occlusion, vanilla_gradients"
+    assert feedback.image_path(workspace, flag).read_bytes() == open(path, "rb").read()

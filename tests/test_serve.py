@@ -262,3 +262,23 @@ def test_feedback_round_trip(server):
         data={"flag_type": "wrong_label", "correct_class": "hexagon"},
     )
     assert bad.status_code == 400 and "correct_class" in bad.json()["detail"]
+
+
+def test_home_shows_the_running_server(server, monkeypatch):
+    """Home's Serve section finds the live server ($XAI_API_URL) and names the runs it loaded."""
+    from apptest import open_page
+
+    monkeypatch.setenv("XAI_API_URL", server["url"])
+    at = open_page(None, server["workspace"], monkeypatch)
+    (answer,) = [s.value for s in at.success if "An API server answers" in s.value]
+    assert server["url"] in answer and server["run"].id in answer
+    assert any(f"python -m core serve --run {server['run'].id}" in c.value for c in at.code)
+
+
+def test_home_says_when_no_server_answers(server, monkeypatch):
+    from apptest import open_page
+
+    monkeypatch.setenv("XAI_API_URL", f"http://127.0.0.1:{_free_port()}")
+    at = open_page(None, server["workspace"], monkeypatch)
+    assert not [s for s in at.success if "An API server answers" in s.value]
+    assert any("No API server answers" in c.value for c in at.caption)

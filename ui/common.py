@@ -17,6 +17,8 @@ from core import runs
 
 SELECTED_RUN = "selected_run_id"
 PICKER_KEY = "run_picker"
+# Another page asks the Explainer to open an image: {"run": run id, "path": image path, "classes": [true, predicted]}
+EXPLAIN_REQUEST = "explain_request"
 
 
 # The browser tab's icon. Streamlit fetches a ``:material/...:`` page icon from fonts.gstatic.com, which

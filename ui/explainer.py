@@ -143,9 +143,12 @@ def _number_text(value: float) -> str:
     return f"{value:.3g}"
 
 
-def method_cell(result, info: dict, picture: np.ndarray, alpha: float, colormap: str, key: str) -> None:
-    """One method's cell: title, overlay and heatmap at the picture's aspect, colour bar, raw range and
-    units (flagged when there is no signal), time, what it shows, PNG downloads."""
+def method_cell(
+    result, info: dict, picture: np.ndarray, alpha: float, colormap: str, key: str, mask_outline=None
+) -> None:
+    """One method's cell: title, overlay (with the ground-truth mask's outline, when given: a boolean mask
+    at the picture's size) and heatmap at the picture's aspect, colour bar, raw range and units (flagged
+    when there is no signal), time, what it shows, PNG downloads."""
     from core.visualize import colorize, overlay, png_bytes, resize_map
 
     st.markdown(f"**{info['title']}**")
@@ -155,6 +158,10 @@ def method_cell(result, info: dict, picture: np.ndarray, alpha: float, colormap:
         return
     saliency = resize_map(result.saliency, picture.shape[:2])
     blended, heatmap = overlay(picture, saliency, alpha, colormap), colorize(saliency, colormap)
+    if mask_outline is not None:
+        from core.masks import draw_outline
+
+        blended = draw_outline(blended, mask_outline)
     left, right = st.columns(2, gap="small")
     left.image(blended, caption="overlay", width="stretch")
     right.image(heatmap, caption="heatmap", width="stretch")
@@ -184,3 +191,102 @@ def method_cell(result, info: dict, picture: np.ndarray, alpha: float, colormap:
         on_click="ignore",
         icon=":material/download:",
     )
+
+
+# ---- evidence under each map: faithfulness (deletion / insertion) and localisation -----------------
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _faithfulness(run_path: str, stamp: int, digest: str, _image: np.ndarray, target: int, key: str, _saliency):
+    from core import trust
+
+    model = common._model(run_path, stamp)
+    return trust.deletion_insertion(model, _image, _saliency, target)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _random_reference(run_path: str, stamp: int, digest: str, _image: np.ndarray, target: int):
+    from core import trust
+
+    return trust.random_reference(common._model(run_path, stamp), _image, target)
+
+
+def faithfulness(run, image: np.ndarray, results, target: int) -> tuple[dict, dict]:
+    """Deletion and insertion (Petsiuk et al. 2018, `core.trust`) of every result's map, each cached on its
+    own (keyed by the method and its parameters), and the random map's reference: ``({method: scores},
+    reference)``. Methods that failed are left out."""
+    stamp, digest = common.model_stamp(run), image_digest(image)
+    scores = {
+        result.method: _faithfulness(
+            str(run.path),
+            stamp,
+            digest,
+            image,
+            int(target),
+            f"{result.method}:{json.dumps(result.params, sort_keys=True, default=str)}",
+            result.saliency,
+        )
+        for result in results
+        if result.saliency is not None
+    }
+    return scores, _random_reference(str(run.path), stamp, digest, image, int(target))
+
+
+def ranking_text(scores: dict, reference: dict, infos: dict) -> str:
+    """One line: the shown methods ranked by insertion - deletion, with the random map's difference."""
+    from core.trust import rank_methods
+
+    ranked = rank_methods(scores)
+    if not ranked:
+        return ""
+    random_gap = reference["insertion_auc"] - reference["deletion_auc"]
+    parts = [f"{infos[m]['title']} {gap:+.2f}" for m, gap in ranked]
+    return (
+        "Faithfulness ranking (insertion AUC − deletion AUC, higher is better): "
+        + " > ".join(parts)
+        + f" · random map {random_gap:+.2f}"
+    )
+
+
+def curves_chart(score: dict, reference: dict):
+    """A small plot of one map's deletion and insertion curves, the random map's as dotted lines."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    x = score["fractions"]
+    for kind, colour in (("deletion", "#d62728"), ("insertion", "#1f77b4")):
+        fig.add_trace(go.Scatter(x=x, y=score[f"{kind}_curve"], name=kind, line=dict(color=colour)))
+        fig.add_trace(
+            go.Scatter(x=x, y=reference[f"{kind}_curve"], name=f"{kind}, random", line=dict(color=colour, dash="dot"))
+        )
+    fig.update_layout(
+        height=170,
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis_title="share of pixels changed",
+        yaxis_title="p(class)",
+        yaxis_range=[0, 1.02],
+        showlegend=False,
+        font=dict(size=10),
+    )
+    return fig
+
+
+def evidence(result, score: dict | None, reference: dict | None, mask, key: str) -> None:
+    """Under a method's maps: its deletion and insertion AUCs beside the random map's, the curves, and,
+    where the image has a ground-truth mask, the localisation scores."""
+    from core import trust
+
+    if score is not None and reference is not None:
+        st.caption(
+            f"Deletion AUC **{score['deletion_auc']:.3f}** (random {reference['deletion_auc']:.3f}, lower is "
+            f"better) · insertion AUC **{score['insertion_auc']:.3f}** (random {reference['insertion_auc']:.3f}, "
+            "higher is better)"
+        )
+        st.plotly_chart(curves_chart(score, reference), key=f"{key}_curves", config={"displayModeBar": False})
+    if mask is not None and result.saliency is not None and mask.any():
+        scores = trust.localisation(result.saliency, mask)
+        st.caption(
+            f"Against the mask: pointing game **{'hit' if scores['pointing_game'] else 'miss'}** · energy inside "
+            f"**{scores['energy_pointing_game']:.0%}** (the mask covers {mask.mean():.0%}) · top-k IoU "
+            f"**{scores['top_k_iou']:.2f}**"
+        )

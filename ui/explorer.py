@@ -11,8 +11,7 @@ import streamlit as st
 
 from core import calibration, error_analysis, explorer, runs
 from ui import explorer_charts
-
-EXPLAIN_REQUEST = "explain_request"  # session-state key the Explainer reads: {"run", "path", "classes"}
+from ui.common import EXPLAIN_REQUEST
 
 
 @st.cache_data(show_spinner="Bootstrapping the test set…", max_entries=16)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import urllib.request
 
 import numpy as np
@@ -18,7 +19,7 @@ from core import feedback, runs
 from ui.common import model, model_stamp, workspace
 
 NO_CLASS = "(not sure)"
-API_URL = "http://127.0.0.1:8000"
+API_URL = "http://127.0.0.1:8000"  # where Home looks for a server; $XAI_API_URL overrides it
 
 
 # ---- feedback --------------------------------------------------------------------------------------
@@ -162,8 +163,13 @@ def gradcam_for(run: runs.Run, image_path: str):
 # ---- the API ---------------------------------------------------------------------------------------
 
 
-def api_health(url: str = API_URL, timeout: float = 0.5) -> dict | None:
-    """The /health answer of an API server at ``url``, or None if none answers."""
+def api_url() -> str:
+    return os.environ.get("XAI_API_URL", API_URL).rstrip("/")
+
+
+def api_health(url: str | None = None, timeout: float = 0.5) -> dict | None:
+    """The /health answer of an API server at ``url`` (default `api_url`), or None if none answers."""
+    url = url or api_url()
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
             return json.loads(response.read().decode())
@@ -171,8 +177,9 @@ def api_health(url: str = API_URL, timeout: float = 0.5) -> dict | None:
         return None
 
 
-def render_api_status(run: runs.Run | None = None, url: str = API_URL) -> None:
+def render_api_status(run: runs.Run | None = None, url: str | None = None) -> None:
     """A Serve section: the command that starts the REST API and whether one answers at ``url``."""
+    url = url or api_url()
     run_arg = f" --run {run.id}" if run is not None else ""
     st.code(f"python -m core serve{run_arg} --port 8000", language="bash")
     health = api_health(url)
@@ -181,3 +188,49 @@ def render_api_status(run: runs.Run | None = None, url: str = API_URL) -> None:
         st.success(f"An API server answers at {url} (runs loaded: {loaded}). Docs: {url}/docs")
     else:
         st.caption(f"No API server answers at {url}. Start one with the command above; its docs are then at /docs.")
+
+
+# ---- the shareable report --------------------------------------------------------------------------
+
+REPORT_STATE = "built_report"  # (run id, methods, HTML) of the last report built in this session
+
+
+def render_report_download(run: runs.Run) -> None:
+    """Build the run's self-contained HTML report (`core.report`) on request, then offer it for download."""
+    from core import report
+    from core.explain import METHODS, describe
+
+    st.caption(
+        "One HTML file that opens offline in any browser: the dataset, training curves, metrics, confusion "
+        "matrix, ROC, explained test images per class, and the run's trust and audit results."
+    )
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    methods = left.multiselect(
+        "Methods in the report",
+        list(METHODS),
+        default=[m for m in report.DEFAULT_METHODS if m in METHODS],
+        format_func=lambda m: describe(m)["title"],
+        key="report_methods",
+    )
+    per_class = right.number_input("Images per class", 1, 10, 2, key="report_per_class")
+    if st.button("Build the report", key="report_build", icon=":material/description:", disabled=not methods):
+        with st.spinner("Explaining the sample and writing the report…"):
+            try:
+                built = report.build_report(run, methods, per_class=int(per_class))
+            except (report.ReportError, OSError, ValueError) as exc:
+                st.error(f"The report could not be built: {exc}")
+                built = None
+        if built is not None:
+            st.session_state[REPORT_STATE] = (run.id, list(methods), built)
+    saved = st.session_state.get(REPORT_STATE)
+    if saved and saved[0] == run.id:
+        _, used, built = saved
+        st.download_button(
+            f"Download report.html ({len(built.encode()) / 2**20:.1f} MB; {', '.join(used)})",
+            built.encode(),
+            file_name=f"report_{run.id}.html",
+            mime="text/html",
+            key="report_download",
+            on_click="ignore",
+            icon=":material/download:",
+        )
