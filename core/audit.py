@@ -264,8 +264,12 @@ def audit_model(
     params: dict | None = None,
     batch_size: int = 32,
     progress: ProgressFn | None = None,
+    decide=None,
 ) -> dict:
     """Audits ``model`` on the images at ``paths`` (true classes ``labels``). See the module docstring.
+
+    ``decide`` turns probabilities (N, C) into predicted classes (N,) (default argmax; a run's saved
+    decision threshold, see `core.explorer.predicted_index`): accuracies before and after hiding use it.
 
     Returns:
         ``{"method", "params", "images", "regions", "uniform", "classes": {name: {...flag entry, "images",
@@ -277,6 +281,7 @@ def audit_model(
     from core.models import input_size, predict_proba
 
     started = time.perf_counter()
+    decide = decide or (lambda probs: probs.argmax(axis=1))
     labels = np.asarray(labels, dtype=np.int32)
     height, width = input_size(model)
     n_classes = len(class_names)
@@ -294,11 +299,11 @@ def audit_model(
         shares[start : start + len(images)] = region_shares(maps)
         probs = predict_proba(model, images, batch_size)
         probs_before[start : start + len(images)] = probs[rows, chosen]
-        correct_before[start : start + len(images)] = probs.argmax(axis=1) == chosen
+        correct_before[start : start + len(images)] = decide(probs) == chosen
         for region in FLAGGABLE:
             hidden = predict_proba(model, hide_region(images, region), batch_size)
             probs_after[region][start : start + len(images)] = hidden[rows, chosen]
-            correct_after[region][start : start + len(images)] = hidden.argmax(axis=1) == chosen
+            correct_after[region][start : start + len(images)] = decide(hidden) == chosen
         if progress:
             done = start + len(images)
             progress(done / len(paths), f"Explained {done} of {len(paths)} test images with {method}")
@@ -443,8 +448,18 @@ def audit_run(
         raise ValueError(f"Unknown method. Expected one of {list(METHODS)}. Received: method={method!r}")
     test, labels = run_test_images(run, limit)
     model = model if model is not None else load_run_model(run.path)
+    from core.explorer import predicted_index
+
     report = audit_model(
-        model, list(test["path"]), labels, run.class_names, method, params, batch_size, progress=progress
+        model,
+        list(test["path"]),
+        labels,
+        run.class_names,
+        method,
+        params,
+        batch_size,
+        progress=progress,
+        decide=lambda probs: predicted_index(run, probs),  # the run's saved threshold, if any
     )
     if agreement_images:
         from core.data import load_images

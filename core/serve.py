@@ -175,12 +175,19 @@ def _probabilities(class_names: list[str], probs: np.ndarray) -> dict[str, float
     return {name: round(float(p), 6) for name, p in zip(class_names, probs, strict=False)}
 
 
+def _predicted(run: runs.Run, probs: np.ndarray) -> int:
+    """The predicted class: under the decision threshold saved with the run (Evaluation page), else argmax."""
+    from core.explorer import predicted_index
+
+    return int(predicted_index(run, probs)[0])
+
+
 def _answer(run: runs.Run, probs: np.ndarray, size, started: float, filename: str | None) -> dict:
     names = run.class_names
     return {
         "run_id": run.id,
         "filename": filename,
-        "predicted_class": names[int(np.argmax(probs))],
+        "predicted_class": names[_predicted(run, probs)],
         "probabilities": _probabilities(names, probs),
         "input_size": list(size),
         "milliseconds": round((time.perf_counter() - started) * 1000, 2),
@@ -315,18 +322,18 @@ def create_app(config: ServeConfig) -> FastAPI:
         index = _class_index(class_name, run_obj.class_names)
         image = _decode(_read_upload(file, config.max_upload_bytes), size, file.filename)
         probs = predict_proba(model, image[None])[0]
+        explained = index if index is not None else _predicted(run_obj, probs)
         predicted_ms = (time.perf_counter() - started) * 1000
         if not explain_slots.acquire(timeout=config.queue_timeout_s):
             raise HTTPException(503, f"Every explanation slot stayed busy for {config.queue_timeout_s:.0f} s; retry.")
         try:
             explain_started = time.perf_counter()
-            saliency = explain_images(model, image[None], method, class_index=index, **options)[0]
+            saliency = explain_images(model, image[None], method, class_index=explained, **options)[0]
             explain_ms = (time.perf_counter() - explain_started) * 1000
         except ExplanationError as exc:
             raise HTTPException(400, str(exc)) from None
         finally:
             explain_slots.release()
-        explained = index if index is not None else int(np.argmax(probs))
         answer = _answer(run_obj, probs, size, started, file.filename)
         answer.update(
             method=method,
@@ -381,7 +388,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                 run_id=run_obj.id,
                 correct_class=correct_class or None,
                 comment=comment,
-                predicted_class=names[int(np.argmax(probs))],
+                predicted_class=names[_predicted(run_obj, probs)],
                 probabilities=_probabilities(names, probs),
                 explained_class=explained_class,
                 method=method,

@@ -176,3 +176,20 @@ def test_confusion_cell_maps_for_both_classes(shortcut_run):
         maps_a, maps_b = cell["maps"][method]["true"], cell["maps"][method]["predicted"]
         assert maps_a.shape == maps_b.shape == (3, SHORTCUT_SIZE, SHORTCUT_SIZE)
         assert not np.allclose(maps_a, maps_b)  # explained for class 1 and for class 0
+
+
+def test_the_audit_decides_with_the_runs_saved_threshold(app_workspace, tmp_path):
+    """A threshold of 0 for the first class makes every image "the first class": its accuracy is 1, the others' 0."""
+    import shutil
+
+    from core import explorer, runs
+    from core.audit import audit_run
+
+    source = runs.latest_complete_run(app_workspace)
+    shutil.copytree(source.path, tmp_path / source.id)
+    run = runs.read_run(tmp_path / source.id)
+    first, *others = run.class_names
+    explorer.save_threshold(run, first, 0.0)
+    report = audit_run(run, "gradcam", agreement_images=0, save=False)
+    assert report["classes"][first]["accuracy_before"] == 1.0
+    assert all(report["classes"][name]["accuracy_before"] == 0.0 for name in others)

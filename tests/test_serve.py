@@ -282,3 +282,24 @@ def test_home_says_when_no_server_answers(server, monkeypatch):
     at = open_page(None, server["workspace"], monkeypatch)
     assert not [s for s in at.success if "An API server answers" in s.value]
     assert any("No API server answers" in c.value for c in at.caption)
+
+
+def test_a_saved_threshold_decides_the_apis_predicted_class(server):
+    """The decision threshold saved on the Evaluation page is the API's too (read at every request)."""
+    from core import explorer
+
+    run = server["run"]
+    first = run.class_names[0]
+    name, data, true_class = next(t for t in _test_images(run) if t[2] != first)
+    explorer.save_threshold(run, first, 0.0)  # the first class whenever its probability is >= 0
+    try:
+        answer = httpx.post(f"{server['url']}/predict", files={"file": (name, data, "image/png")}).json()
+        assert answer["predicted_class"] == first
+        explained = httpx.post(
+            f"{server['url']}/explain", files={"file": (name, data, "image/png")}, data={"method": "gradcam"}
+        ).json()
+        assert explained["predicted_class"] == first and explained["explained_class"] == first
+    finally:
+        explorer.clear_threshold(run)
+    answer = httpx.post(f"{server['url']}/predict", files={"file": (name, data, "image/png")}).json()
+    assert answer["predicted_class"] == max(answer["probabilities"], key=answer["probabilities"].get)
