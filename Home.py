@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import demo, system
+from core import demo, distribute, system
 from ui.common import run_picker, setup_page, workspace
 from ui.serving import render_api_status
 
@@ -61,6 +61,8 @@ st.markdown(
     f"**input** {meta.get('input_size')} px · trained on {meta.get('device', '?')} in "
     f"{(meta.get('durations') or {}).get('total_seconds', '?')} s"
 )
+if distribute.describe(meta):
+    st.caption(f"**Devices** {distribute.describe(meta)}")
 
 st.subheader("Pages")
 PAGES = [
@@ -72,6 +74,7 @@ PAGES = [
     ("pages/6_Inside_the_model.py", "Inside the model", ":material/layers:"),
     ("pages/7_Audit.py", "Audit", ":material/policy:"),
     ("pages/8_Feedback.py", "Feedback", ":material/flag:"),
+    ("pages/9_Embeddings.py", "Embeddings", ":material/scatter_plot:"),
 ]
 for start in range(0, len(PAGES), 5):
     for column, (page, label, icon) in zip(st.columns(5), PAGES[start : start + 5]):

@@ -16,6 +16,19 @@ def _add_workspace(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", default=None, help="workspace folder (default: $XAI_WORKSPACE or ./workspace)")
 
 
+def _add_mlflow(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="TRACKING_URI",
+        help="log the run to MLflow: params, metrics (each epoch while training), artifacts, model. Alone: the "
+        "workspace's own store, sqlite:///<workspace>/mlflow/mlflow.db; or sqlite:///PATH, file:///FOLDER, "
+        "http://HOST:PORT",
+    )
+
+
 # ---- numbers checked when parsed: "argument --seed: must be 0 or more. Received: -5" --------------
 
 
@@ -130,6 +143,11 @@ def _train(args: argparse.Namespace, workspace, reporter=None) -> int:
     from core import runs
     from core.training import TrainingConfig, train
 
+    if args.logical_cpus:  # before TensorFlow runs any op
+        from core.distribute import split_cpu
+
+        split_cpu(args.logical_cpus)
+
     config = TrainingConfig(
         arch=args.arch,
         image_size=args.img_size,
@@ -144,6 +162,10 @@ def _train(args: argparse.Namespace, workspace, reporter=None) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         group_split=args.group_split,
+        strategy=args.strategy,
+        mixed_precision=args.mixed_precision,
+        lr_rule=args.lr_rule,
+        cache=args.cache,
     )
 
     def progress(info: dict) -> None:
@@ -151,14 +173,24 @@ def _train(args: argparse.Namespace, workspace, reporter=None) -> int:
         if reporter is not None and info.get("stage") == "warnings":
             reporter.warnings(info.get("warnings", []))
 
-    run = train(
-        workspace,
-        args.data,
-        config,
-        name=args.name,
-        progress=progress,
-        on_run_created=reporter.run_created if reporter is not None else None,
-    )
+    tracker = _tracker(args, workspace)
+    try:
+        run = train(
+            workspace,
+            args.data,
+            config,
+            name=args.name,
+            progress=progress,
+            on_run_created=reporter.run_created if reporter is not None else None,
+            extra_callbacks=tracker.callbacks if tracker is not None else None,
+            backup_dir=args.backup_dir,
+        )
+    finally:  # a failed or cancelled run is logged too, with that status (never raises)
+        if tracker is not None:
+            _print_tracking(tracker.finish())
+    if run is None:  # a multi-worker cluster's worker other than the chief: the chief writes the run
+        print("Worker finished; the chief wrote the run.")
+        return 0
     if reporter is not None:
         reporter.finished(run)
     if run.status != runs.COMPLETE:
@@ -179,7 +211,31 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     )
     print(f"Run {run.id}: test accuracy {run.meta['test_accuracy']:.4f}, macro ROC AUC {run.meta['roc_auc_macro']}")
     print(f"Saved in {run.path}")
+    tracker = _tracker(args, runs.workspace_dir(args.workspace))
+    if tracker is not None:
+        _print_tracking(tracker.finish(run))
     return 0
+
+
+def _tracker(args: argparse.Namespace, workspace):
+    """The MLflow tracker that ``--mlflow`` asks for (None without it); failures are printed as warnings."""
+    if args.mlflow is None:
+        return None
+    from core import tracking
+
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    return tracking.RunTracker(args.mlflow, workspace, on_error=warn)
+
+
+def _print_tracking(result: dict | None) -> None:
+    if not result:
+        return
+    print(f"MLflow run {result['mlflow_run_id']} (experiment {result['experiment_id']}) at {result['tracking_uri']}")
+    print(f"MLflow model: {result['model_logged_as']}")
+    if result.get("ui_url"):
+        print(f"Open it: {result['ui_url']}")
+    elif result.get("ui_command"):
+        print(f"Open it: {result['ui_command']}, then http://127.0.0.1:5000")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -215,9 +271,56 @@ def cmd_bench(args: argparse.Namespace | None, rest: list[str]) -> int:
         from core import bench_trust
 
         return bench_trust.main([a for a in rest if a != "--trust"]) or 0
+    if "--pipeline" in rest:
+        from core import bench_pipeline
+
+        return bench_pipeline.main([a for a in rest if a != "--pipeline"]) or 0
     from core import bench
 
     return bench.main(rest) or 0
+
+
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    """Input pipeline, devices and precision of ``train`` (see core.distribute and core.multiworker)."""
+    from core.distribute import LR_RULES, STRATEGIES  # no TensorFlow
+
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="auto: MirroredStrategy over all GPUs when there are several, else one device; one: one device; "
+        "mirrored: MirroredStrategy over every GPU (or logical CPU device); multiworker: "
+        "MultiWorkerMirroredStrategy from TF_CONFIG, every worker runs the same command",
+    )
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 on a GPU, bfloat16 on a CPU with bfloat16 instructions (else float32, with a warning); "
+        "the output layer, the saved model and explanations stay float32",
+    )
+    p.add_argument(
+        "--lr-rule",
+        choices=LR_RULES,
+        default="none",
+        help="none: --lr is used as given for the global batch; linear: --lr x replicas",
+    )
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep the decoded, resized images on disk (<workspace>/cache/pipeline): epochs after the first skip decoding",
+    )
+    p.add_argument(
+        "--logical-cpus",
+        type=_integer(1, 64),
+        default=None,
+        help="split the CPU into N logical devices first (to try --strategy mirrored without GPUs)",
+    )
+    p.add_argument(
+        "--backup-dir",
+        default=None,
+        help="multiworker: checkpoint folder every worker reads, for resuming after a restart "
+        "(default <workspace>/backups/multiworker-<hash of the command>)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--img-size", type=_integer(16, 1024), default=224, help="input size in pixels (square)")
     p.add_argument("--epochs", type=_integer(1, 10_000), default=10, help="epochs of the first phase")
-    p.add_argument("--batch-size", type=_integer(1, 65_536), default=32)
+    p.add_argument(
+        "--batch-size",
+        type=_integer(1, 65_536),
+        default=32,
+        help="images per batch on each replica (device); the global batch is this x replicas (recorded in run.json)",
+    )
     p.add_argument("--lr", type=_number(0.0, 1.0, low_open=True), default=1e-3, help="learning rate of the first phase")
     p.add_argument("--augment", action="store_true", help="random flips, crops and zoom while training")
     p.add_argument(
@@ -285,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--name", default=None, help="a name for the run")
+    _add_scale(p)
+    _add_mlflow(p)
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # set by the dashboard: the job record to update
     _add_workspace(p)
 
@@ -299,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--class-names", default=None, help="comma-separated, in the model's output order")
     p.add_argument("--name", default=None)
+    _add_mlflow(p)
     _add_workspace(p)
 
     p = sub.add_parser("evaluate", help="evaluate a run's model on its test split again")
@@ -314,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "bench",
-        help="latency of each method vs tf-explain and vs a bare tf.function (--trust: the trust metrics' ratios)",
+        help="latency of each method vs tf-explain and vs a bare tf.function (--trust: the trust metrics' ratios; "
+        "--pipeline: the input pipeline's images/s and training steps/s vs batches in memory)",
         add_help=False,
     )
     return parser

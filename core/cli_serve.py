@@ -59,7 +59,11 @@ def add_parsers(sub, add_workspace=_add_workspace) -> None:
 
     p = sub.add_parser("mlflow-log", help="log a finished run to MLflow (params, metrics, artifacts, model)")
     p.add_argument("run", help="run id")
-    p.add_argument("--uri", default=None, help="tracking URI (default: sqlite:///<workspace>/mlflow.db)")
+    p.add_argument(
+        "--uri",
+        default=None,
+        help="tracking URI (default: the workspace's own store, sqlite:///<workspace>/mlflow/mlflow.db)",
+    )
     p.add_argument("--experiment", default=None, help="experiment name (default: xai-dashboard)")
     add_workspace(p)
 

@@ -99,6 +99,27 @@ def _load_test_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
     return batch
 
 
+def predict_files(model: keras.Model, paths: list[str], size: tuple[int, int], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of image files, decoded in parallel by the tf.data pipeline (`core.pipeline`,
+    the pixels `core.data.load_image` gives) while the model predicts the previous batch.
+
+    Raises:
+        ImageError: a file is gone or cannot be read (the message names it).
+    """
+    from core import pipeline
+
+    if any(not os.path.isfile(p) for p in paths):
+        _load_test_images(paths, size)  # raises, naming the missing files
+    try:
+        batches = [
+            predict_proba(model, images, batch_size) for images in pipeline.image_batches(paths, size, batch_size)
+        ]
+    except data_lib.ImageError as exc:
+        path, reason = getattr(exc, "path", None), getattr(exc, "reason", str(exc))
+        raise data_lib.ImageError(f"The test image {path} cannot be read: {reason}") from exc
+    return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+
+
 def check_class_names(run: runs.Run, num_outputs: int) -> list[str]:
     """The run's class names, checked against the number of classes its model predicts.
 
@@ -153,12 +174,7 @@ def evaluate(
             f"The test split holds classes the model does not know: {unknown}. The model knows {class_names}."
         )
     labels = [order[c] for c in test["class_name"]]  # the model's output order, which may differ from the folders'
-    probs = np.concatenate(
-        [
-            predict_proba(model, _load_test_images(paths[i : i + batch_size], size))
-            for i in range(0, len(paths), batch_size)
-        ]
-    )
+    probs = predict_files(model, paths, size, batch_size)
     predictions = evaluation.predictions_frame(paths, labels, probs, class_names)
     metrics = evaluation.compute_metrics(predictions)
     metrics.update(explorer.extended_metrics(predictions))  # ECE, Brier, bootstrap intervals, top-k
@@ -189,12 +205,7 @@ def _write_val_predictions(run: runs.Run, model, index, class_names, size, batch
         return
     paths = list(val["path"])
     try:
-        probs = np.concatenate(
-            [
-                predict_proba(model, _load_test_images(paths[i : i + batch_size], size))
-                for i in range(0, len(paths), batch_size)
-            ]
-        )
+        probs = predict_files(model, paths, size, batch_size)
     except data_lib.ImageError:
         target.unlink(missing_ok=True)
         return

@@ -24,7 +24,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,6 +156,14 @@ def train_args(data_dir: str | os.PathLike, config: TrainingConfig, name: str | 
         args += ["--class-weights", config.class_weights]
     if config.group_split:
         args.append("--group-split")
+    if config.strategy != "auto":
+        args += ["--strategy", config.strategy]
+    if config.mixed_precision:
+        args.append("--mixed-precision")
+    if config.lr_rule != "none":
+        args += ["--lr-rule", config.lr_rule]
+    if config.cache:
+        args.append("--cache")
     if name:
         args += ["--name", name]
     return args
@@ -254,11 +262,13 @@ def start_training(
     config: TrainingConfig,
     name: str | None = None,
     request_id: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Job:
     """Starts a training job for one request (a form submission); idempotent per ``request_id``.
 
     A second call with the same request id (a rerun, a double click) starts nothing and returns the
-    job the first call started.
+    job the first call started. ``extra_args`` go to ``python -m core train`` as they are (``--mlflow``,
+    say).
 
     Raises:
         ValueError: a bad configuration. JobError: the workspace cannot hold jobs, or the process
@@ -290,7 +300,10 @@ def start_training(
     runs.atomic_write_json(path, record)
     try:  # start() hands the lock this process holds over to the child
         process = start(
-            [*train_args(data_dir, config, name), "--job", job_id], workspace, log_path(workspace, job_id).name, lock
+            [*train_args(data_dir, config, name), *extra_args, "--job", job_id],
+            workspace,
+            log_path(workspace, job_id).name,
+            lock,
         )
     except BaseException as exc:
         update_job(workspace, job_id, status=FAILED, error=f"The training process could not be started: {exc}")

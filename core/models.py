@@ -204,8 +204,9 @@ def build_model(
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="head_dropout")(x)
-    x = layers.Dense(int(num_classes), name="logits")(x)
-    outputs = layers.Activation("softmax", name="predictions")(x)
+    # float32 whatever the global dtype policy: under mixed precision the scores and the softmax stay exact.
+    x = layers.Dense(int(num_classes), name="logits", dtype="float32")(x)
+    outputs = layers.Activation("softmax", name="predictions", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
 
 

@@ -136,9 +136,8 @@ def build_report(run: runs.Run, methods: list[str] | None = None, per_class: int
     """
     import plotly.offline
 
-    from core import evaluation
+    from core import charts, evaluation
     from core.explain import METHODS, describe
-    from ui import charts  # plotly figure builders; ui/charts.py is pure plotly (no streamlit)
 
     if not run.is_complete:
         raise ReportError(f"Run {run.id} is {run.status}: only a complete run has the results a report shows.")

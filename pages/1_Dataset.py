@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
+from core import charts
 from core.data import DatasetError, ImageError, load_thumbnail
 from core.paths import DataRootError
-from ui import charts
 from ui.common import allowed_folder, clear_dataset_scans, dataset_index, folder_input, run_picker, setup_page
 
 setup_page("Dataset", ":material/photo_library:")

@@ -1,14 +1,17 @@
 """Training: curves of the current run, new training jobs in the background (each with its outcome), and
 runs compared like with like."""
 
+import contextlib
+import os
+
 import pandas as pd
 import streamlit as st
 
-from core import jobs, runs
+from core import charts, jobs, runs, tracking
 from core.catalog import ARCHITECTURE_NAMES, ARCHITECTURE_SPECS, imagenet_weights_status
 from core.data import DatasetError
+from core.distribute import LR_RULES, STRATEGIES
 from core.split_checks import split_problems, split_warnings
-from ui import charts
 from ui.common import SELECTED_RUN, dataset_index, folder_input, history, run_picker, setup_page, workspace
 from ui.drift import render_drift
 
@@ -16,6 +19,24 @@ REQUEST_KEY = "train_request_id"  # one id per form submission: a double click o
 STARTED_KEY = "train_started_jobs"  # jobs this session started, to show their outcome
 FLASH_KEY = "train_flash"  # (job id, what the start said, split warnings), shown above the jobs
 PRETRAINED = [name for name, spec in ARCHITECTURE_SPECS.items() if spec[0] is not None]
+
+
+def mlflow_caption(tracked_run: runs.Run, failures: bool = False) -> None:
+    """The run's MLflow run, linked, when it was tracked (and, with ``failures``, why tracking failed)."""
+    tracked = tracking.link(tracked_run)
+    if tracked is None:
+        return
+    if tracked["error"]:
+        if failures:
+            st.caption(f":material/warning: MLflow tracking failed: {tracked['error']}")
+        return
+    if tracked["run_id"]:
+        run_ref = f"[`{tracked['run_id']}`]({tracked['url']})" if tracked["url"] else f"`{tracked['run_id']}`"
+        opener = f" · open the store with `{tracked['ui_command']}`" if tracked["ui_command"] else ""
+        st.caption(
+            f"MLflow run {run_ref} · experiment {tracked['experiment_id']} · `{tracked['tracking_uri']}`{opener}"
+        )
+
 
 setup_page("Training", ":material/show_chart:")
 run = run_picker()
@@ -49,6 +70,7 @@ with curves_tab:
                 render_drift(run)
         for message in run.meta.get("warnings") or []:
             st.warning(message)
+        mlflow_caption(run)
         st.subheader("Hyper-parameters")
         params = dict(run.meta.get("hyperparameters", {}))
         params.update({"preprocessing": run.meta.get("preprocessing"), "input_size": str(run.meta.get("input_size"))})
@@ -65,6 +87,8 @@ with curves_tab:
                 {
                     "durations": run.meta.get("durations"),
                     "device": run.meta.get("device"),
+                    "distribution": run.meta.get("distribution"),
+                    "input_pipeline": run.meta.get("input_pipeline"),
                     "versions": run.meta.get("library_versions"),
                 }
             )
@@ -100,6 +124,8 @@ def _job_card(job: jobs.Job) -> None:
             accuracy = job.record.get("test_accuracy")
             text = f"{accuracy:.3f}" if isinstance(accuracy, (int, float)) else "n/a"
             st.success(f"**{job.title}** finished: test accuracy {text} (run `{job.run_id}`).")
+            with contextlib.suppress(runs.RunError):
+                mlflow_caption(runs.read_run(runs.runs_dir(workspace()) / job.run_id), failures=True)
             cols = st.columns(4)
             cols[0].button(
                 "Evaluation",
@@ -207,7 +233,14 @@ with new_tab:
             key="train_fine_tune",
             help="A second phase with the top of the backbone unfrozen at a 10x lower learning rate",
         )
-        batch_size = c3.number_input("Batch size", 1, 1024, 32, key="train_batch")
+        batch_size = c3.number_input(
+            "Batch size (per device)",
+            1,
+            1024,
+            32,
+            key="train_batch",
+            help="Images per batch on each device (replica); the global batch is this x devices, recorded with the run",
+        )
         learning_rate = c1.number_input("Learning rate", 1e-6, 0.5, 1e-3, format="%.5f", key="train_lr")
         class_weights = c2.selectbox(
             "Class weights",
@@ -219,8 +252,50 @@ with new_tab:
         augment = c1.checkbox("Augment (flip, crop, zoom)", key="train_augment")
         group_split = c2.checkbox("One split per sub-folder (patient)", key="train_group_split")
         name = c3.text_input("Run name", key="train_name", max_chars=60)
+        with st.expander("Advanced: devices, precision, input pipeline"):
+            a1, a2 = st.columns(2)
+            strategy = a1.selectbox(
+                "Strategy",
+                STRATEGIES,
+                key="train_strategy",
+                help="auto: mirrored over every GPU when there are several, else one device · one: a single "
+                "device · mirrored: MirroredStrategy over every GPU · multiworker: this machine is one worker of "
+                "a cluster described by TF_CONFIG (start the other workers with the same command, see README)",
+            )
+            lr_rule = a2.selectbox(
+                "Learning rate rule",
+                LR_RULES,
+                key="train_lr_rule",
+                help="none: the learning rate is used as given, for the global batch · linear: times the number "
+                "of devices",
+            )
+            mixed_precision = a1.checkbox(
+                "Mixed precision",
+                key="train_mixed_precision",
+                help="float16 on a GPU, bfloat16 on a CPU that has it (else float32, with a warning); the output "
+                "layer, the saved model and the explanations stay float32",
+            )
+            cache = a2.checkbox(
+                "Cache decoded images on disk",
+                key="train_cache",
+                help="Decoded, resized images are kept under the workspace (cache/pipeline): epochs after the "
+                "first skip decoding",
+            )
         download = st.checkbox(
             "Download missing ImageNet weights when training starts (needs internet)", key="train_download"
+        )
+        track_col, uri_col = st.columns([1, 2])
+        track = track_col.checkbox(
+            "Track with MLflow",
+            key="train_mlflow",
+            help="Log the hyper-parameters, each epoch's metrics, the test metrics, confusion matrix, ROC curves, "
+            "run.json and the model to MLflow",
+        )
+        mlflow_uri = uri_col.text_input(
+            "MLflow tracking URI",
+            key="train_mlflow_uri",
+            placeholder="empty: the workspace's own store, mlflow/mlflow.db",
+            help="sqlite:///PATH.db, file:///FOLDER or http://HOST:PORT (a running MLflow server)",
         )
         st.caption(_weights_caption())
         if starting:
@@ -246,8 +321,17 @@ with new_tab:
                 class_weights={"always": "always", "never": "none"}.get(class_weights),
                 fine_tune_epochs=int(fine_tune),
                 group_split=group_split,
+                strategy=strategy,
+                mixed_precision=mixed_precision,
+                lr_rule=lr_rule,
+                cache=cache,
             )
             config.validate()
+            if strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
+                raise ValueError(
+                    "The multiworker strategy needs TF_CONFIG (the cluster) in the dashboard's environment: "
+                    "start the dashboard with it, or train from the command line on each worker (see README)."
+                )
             if config.weights == "imagenet":
                 available, message = imagenet_weights_status(arch, int(image_size))
                 if not available and not download:
@@ -260,7 +344,12 @@ with new_tab:
             st.error(str(exc))
         else:
             try:
-                job = jobs.start_training(workspace(), folder, config, name.strip() or None, request_id=request_id)
+                tracking_args = (
+                    [f"--mlflow={mlflow_uri.strip()}" if mlflow_uri.strip() else "--mlflow"] if track else []
+                )
+                job = jobs.start_training(
+                    workspace(), folder, config, name.strip() or None, request_id=request_id, extra_args=tracking_args
+                )
             except (ValueError, OSError) as exc:
                 st.error(str(exc))
             else:

@@ -3,9 +3,9 @@ confusion-matrix drill-down (the evaluation explorer, `ui/explorer.py`)."""
 
 import streamlit as st
 
-from core import evaluation
+from core import charts, evaluation
 from core.runs import RunError
-from ui import charts, explorer
+from ui import explorer
 from ui.common import metrics, predictions, require_run, setup_page
 from ui.serving import render_report_download
 

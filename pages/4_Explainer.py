@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core import charts
 from core.data import IMAGE_EXTENSIONS, ImageError, load_image, load_thumbnail
 from core.evaluation import filter_predictions
 from core.runs import RunError, list_runs
 from core.visualize import COLORMAPS
-from ui import charts
 from ui import explainer as ui
 from ui.common import (
     EXPLAIN_REQUEST,

@@ -105,7 +105,7 @@ def test_every_page_in_a_real_browser(app_workspace, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "import_too_large.png"))
 
         # The other pages: each renders without an exception box (their own tests check their content).
-        for name in ("Inside_the_model", "Audit", "Feedback"):
+        for name in ("Inside_the_model", "Audit", "Feedback", "Embeddings"):
             open_page(page, f"{url}/{name}")
             page.wait_for_timeout(1500)  # a page may start a second script run (a rerun) right away
             page.wait_for_selector(DONE, timeout=180_000)

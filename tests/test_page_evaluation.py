@@ -31,7 +31,7 @@ def test_identical_roc_curves_stay_distinguishable():
     """A perfect classifier draws every class's ROC curve along the same corner: none may hide another."""
     import numpy as np
 
-    from ui.charts import pr_figure, roc_figure
+    from core.charts import pr_figure, roc_figure
 
     perfect = {name: {"fpr": np.array([0, 0, 1.0]), "tpr": np.array([0, 1, 1.0]), "auc": 1.0} for name in "abcd"}
     traces = [t for t in roc_figure(perfect).data if t.name != "chance"]

@@ -21,6 +21,8 @@ def test_home_shows_the_current_run(app_workspace, monkeypatch):
     assert 0.0 <= accuracy <= 1.0
     assert "Macro ROC AUC" in labels
     assert any("TensorFlow" in c.value and "device" in c.value for c in at.caption)
+    devices = [c.value for c in at.caption if c.value.startswith("**Devices**")]
+    assert devices == ["**Devices** DefaultStrategy, 1 replica(s) (CPU:0) · float32 · batch 8 per replica, 8 global"]
     assert len(at.selectbox(key="run_picker").options) == 1
 
 

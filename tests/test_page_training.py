@@ -50,6 +50,11 @@ def test_the_form_defaults_work_offline(app_workspace, monkeypatch):
     assert at.radio(key="train_weights").value == "none"
     assert at.number_input(key="train_img_size").value == 64
     assert any("ImageNet weights" in c.value for c in at.caption)
+    # Advanced options: one device or mirrored as TensorFlow sees fit, float32, no cache.
+    assert at.selectbox(key="train_strategy").value == "auto"
+    assert at.selectbox(key="train_strategy").options == ["auto", "one", "mirrored", "multiworker"]
+    assert at.selectbox(key="train_lr_rule").value == "none"
+    assert not at.checkbox(key="train_mixed_precision").value and not at.checkbox(key="train_cache").value
 
 
 def test_training_page_refuses_bad_folders(app_workspace, monkeypatch, tmp_path):

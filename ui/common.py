@@ -33,6 +33,7 @@ FAVICONS = {
     ":material/layers:": "🧱",
     ":material/policy:": "🛡",
     ":material/flag:": "🚩",
+    ":material/scatter_plot:": "🔵",
 }  # any other material icon gets 📊
 
 

@@ -1,4 +1,5 @@
-"""Streamlit glue for feedback, embeddings and the API: cached loaders and the Explainer's "Flag this" form.
+"""Streamlit glue for feedback, the report and the API: cached loaders and the Explainer's "Flag this" form
+(the Embeddings page has its own glue, `ui.embeddings`).
 
 render_flag_form(run, image, prediction, method, params, explained_class)   # on the Explainer page
 render_api_status()                                                          # a Serve section (Home)
@@ -16,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from core import feedback, runs
-from ui.common import model, model_stamp, workspace
+from ui.common import workspace
 
 NO_CLASS = "(not sure)"
 API_URL = "http://127.0.0.1:8000"  # where Home looks for a server; $XAI_API_URL overrides it
@@ -124,40 +125,6 @@ def flags_table(flags: list[dict]):
         for f in flags
     ]
     return pd.DataFrame(rows)
-
-
-# ---- embeddings ------------------------------------------------------------------------------------
-
-
-@st.cache_data(show_spinner="Computing the feature space (once per run)…", max_entries=8)
-def _embeddings(run_path: str, stamp: int, train_sample: int):
-    from core.embeddings import compute_embeddings
-
-    return compute_embeddings(runs.read_run(run_path), train_sample=train_sample)
-
-
-def embeddings(run: runs.Run, train_sample: int = 200):
-    """The run's embeddings (features, PCA, t-SNE), from the on-disk cache after the first time."""
-    return _embeddings(str(run.path), model_stamp(run), train_sample)
-
-
-@st.cache_data(show_spinner="Grad-CAM…", max_entries=64)
-def _gradcam(run_path: str, stamp: int, image_path: str):
-    from core.data import load_image
-    from core.explain import explain
-    from core.models import input_size, predict_proba
-    from core.visualize import overlay
-
-    keras_model = model(runs.read_run(run_path))
-    image = load_image(image_path, input_size(keras_model))
-    probs = predict_proba(keras_model, image[None])[0]
-    saliency = explain(keras_model, image[None], "gradcam")[0]
-    return image, probs, overlay(image, saliency, 0.5, "jet")
-
-
-def gradcam_for(run: runs.Run, image_path: str):
-    """(image, probabilities, Grad-CAM overlay for the predicted class) of one dataset image."""
-    return _gradcam(str(run.path), model_stamp(run), str(image_path))
 
 
 # ---- the API ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Plotly figures for the pages (pure functions of tables; no Streamlit)."""
+"""Plotly figures of tables (pure functions, no Streamlit): the pages and the HTML report draw with them."""
 
 from __future__ import annotations
 
