@@ -282,16 +282,10 @@ def cmd_bench(args: argparse.Namespace | None, rest: list[str]) -> int:
 
 def _add_scale(p: argparse.ArgumentParser) -> None:
     """Input pipeline, devices and precision of ``train`` (see core.distribute and core.multiworker)."""
-    from core.distribute import LR_RULES, STRATEGIES  # no TensorFlow
+    from core import sharding  # no TensorFlow
+    from core.distribute import LR_RULES
 
-    p.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="auto",
-        help="auto: MirroredStrategy over all GPUs when there are several, else one device; one: one device; "
-        "mirrored: MirroredStrategy over every GPU (or logical CPU device); multiworker: "
-        "MultiWorkerMirroredStrategy from TF_CONFIG, every worker runs the same command",
-    )
+    sharding.add_arguments(p, "training")  # --strategy and --logical-cpus, as audit and explain --images
     p.add_argument(
         "--mixed-precision",
         action="store_true",
@@ -308,12 +302,6 @@ def _add_scale(p: argparse.ArgumentParser) -> None:
         "--cache",
         action="store_true",
         help="keep the decoded, resized images on disk (<workspace>/cache/pipeline): epochs after the first skip decoding",
-    )
-    p.add_argument(
-        "--logical-cpus",
-        type=_integer(1, 64),
-        default=None,
-        help="split the CPU into N logical devices first (to try --strategy mirrored without GPUs)",
     )
     p.add_argument(
         "--backup-dir",

@@ -10,6 +10,8 @@ for the class and for the others. Also: the agreement between methods (mean Spea
 of their maps over the same images).
 
 Results are saved in the run: ``audit.json`` (numbers) and ``audit_maps.npz`` (the mean map per class).
+Over a large test set the images can be sharded over a `tf.distribute` strategy's replicas and workers
+(`core.sharding`); ``audit.json`` records who computed it under ``distribution``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from core.trust import spearman
 
 AUDIT_FILE = "audit.json"
 AUDIT_MAPS_FILE = "audit_maps.npz"
+AUDIT_PARTS_DIR = "audit.parts"  # each worker's part while a multi-worker audit gathers (core.sharding)
 BORDER_FRACTION = 0.10
 CORNER_FRACTION = 0.25
 CENTRE_FRACTION = 0.50
@@ -265,48 +268,80 @@ def audit_model(
     batch_size: int = 32,
     progress: ProgressFn | None = None,
     decide=None,
-) -> dict:
+    placement=None,
+    parts_dir=None,
+) -> dict | None:
     """Audits ``model`` on the images at ``paths`` (true classes ``labels``). See the module docstring.
 
     ``decide`` turns probabilities (N, C) into predicted classes (N,) (default argmax; a run's saved
     decision threshold, see `core.explorer.predicted_index`): accuracies before and after hiding use it.
 
+    ``placement`` (`core.sharding.make_placement`; None: this thread, as ever) shards the images over its
+    replicas and workers, ``batch_size`` images per replica at a time; with several workers each writes its
+    part into ``parts_dir`` (a folder they all share) and the chief merges them (`core.sharding`).
+
     Returns:
         ``{"method", "params", "images", "regions", "uniform", "classes": {name: {...flag entry, "images",
         "shares", "accuracy_before", "accuracy_after", "probability_before", "probability_after",
         "others_accuracy_before", "others_accuracy_after", "text"}}, "mean_maps": {name: (H, W)},
-        "flagged": [names], "seconds"}``.
+        "flagged": [names], "distribution": {"strategy", "replicas", "workers", ...}, "seconds"}``; None on
+        a worker that is not the chief.
     """
+    from core import sharding
+    from core.data import load_images
     from core.explain import explain
     from core.models import input_size, predict_proba
 
     started = time.perf_counter()
     decide = decide or (lambda probs: probs.argmax(axis=1))
     labels = np.asarray(labels, dtype=np.int32)
+    paths = list(paths)
     height, width = input_size(model)
     n_classes = len(class_names)
-    sums = np.zeros((n_classes, height, width), np.float64)
-    shares = np.zeros((len(paths), len(REGIONS)))
-    probs_before = np.zeros(len(paths), np.float64)
-    correct_before = np.zeros(len(paths), bool)
-    probs_after = {r: np.zeros(len(paths), np.float64) for r in FLAGGABLE}
-    correct_after = {r: np.zeros(len(paths), bool) for r in FLAGGABLE}
-    for start, images in batches_ahead(list(paths), (height, width), batch_size):
-        chosen = labels[start : start + len(images)]
+
+    def load(indices):
+        return load_images([paths[i] for i in indices], (height, width))
+
+    def work(indices, images, totals):
+        """One batch on one replica: its maps added to the class sums; its rows."""
+        chosen = labels[indices]
         rows = np.arange(len(images))
         maps = explain(model, images, method, class_index=[int(c) for c in chosen], **(params or {}))
-        np.add.at(sums, chosen, maps)
-        shares[start : start + len(images)] = region_shares(maps)
+        np.add.at(totals["sums"], chosen, maps)
         probs = predict_proba(model, images, batch_size)
-        probs_before[start : start + len(images)] = probs[rows, chosen]
-        correct_before[start : start + len(images)] = decide(probs) == chosen
+        out = {
+            "shares": region_shares(maps),
+            "probs_before": probs[rows, chosen].astype(np.float64),
+            "correct_before": decide(probs) == chosen,
+        }
         for region in FLAGGABLE:
             hidden = predict_proba(model, hide_region(images, region), batch_size)
-            probs_after[region][start : start + len(images)] = hidden[rows, chosen]
-            correct_after[region][start : start + len(images)] = decide(hidden) == chosen
-        if progress:
-            done = start + len(images)
-            progress(done / len(paths), f"Explained {done} of {len(paths)} test images with {method}")
+            out[f"probs_after.{region}"] = hidden[rows, chosen].astype(np.float64)
+            out[f"correct_after.{region}"] = decide(hidden) == chosen
+        return out
+
+    def report(done: int, total: int) -> None:
+        progress(done / max(total, 1), f"Explained {done} of {total} test images with {method}")
+
+    gathered = sharding.map_shards(
+        placement,
+        len(paths),
+        batch_size,
+        work,
+        load=load,
+        totals={"sums": np.zeros((n_classes, height, width), np.float64)},
+        progress=report if progress else None,
+        parts_dir=parts_dir,
+    )
+    if gathered is None:  # a worker that is not the chief: the chief has every part
+        return None
+    sums = gathered.totals["sums"]
+    none = {"shares": np.zeros((0, len(REGIONS))), "probs": np.zeros(0), "correct": np.zeros(0, bool)}  # no images
+    shares = gathered.rows.get("shares", none["shares"])
+    probs_before = gathered.rows.get("probs_before", none["probs"])
+    correct_before = gathered.rows.get("correct_before", none["correct"])
+    probs_after = {r: gathered.rows.get(f"probs_after.{r}", none["probs"]) for r in FLAGGABLE}
+    correct_after = {r: gathered.rows.get(f"correct_after.{r}", none["correct"]) for r in FLAGGABLE}
     uniform = uniform_shares(height, width)
     present = [c for c in range(n_classes) if (labels == c).any()]
     class_shares = {
@@ -369,6 +404,7 @@ def audit_model(
         "classes": classes,
         "flagged": [name for name, entry in classes.items() if entry["flagged"]],
         "mean_maps": {class_names[c]: (sums[c] / max(int((labels == c).sum()), 1)).astype(np.float32) for c in present},
+        "distribution": sharding.describe(placement),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -437,9 +473,14 @@ def audit_run(
     progress: ProgressFn | None = None,
     model=None,
     save: bool = True,
-) -> dict:
+    placement=None,
+) -> dict | None:
     """Audits a run's model on its test split (or ``limit`` images, classes in turn); saves the result in
-    the run (``audit.json``, ``audit_maps.npz``) and returns it (mean maps as arrays)."""
+    the run (``audit.json``, ``audit_maps.npz``) and returns it (mean maps as arrays).
+
+    ``placement`` (`core.sharding.make_placement`) shards the images over replicas and workers; with several
+    workers they gather their parts in ``<run>/audit.parts`` (the run folder must be shared), only the chief
+    computes the agreement matrix and saves, and the other workers get None."""
     from core import system
     from core.explain import METHODS
     from core.model_import import load_run_model
@@ -460,7 +501,11 @@ def audit_run(
         batch_size,
         progress=progress,
         decide=lambda probs: predicted_index(run, probs),  # the run's saved threshold, if any
+        placement=placement,
+        parts_dir=run.path / AUDIT_PARTS_DIR,
     )
+    if report is None:  # a worker that is not the chief
+        return None
     if agreement_images:
         from core.data import load_images
         from core.models import input_size

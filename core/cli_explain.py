@@ -2,7 +2,9 @@
 
 Every method and parameter comes from `core.explain.describe`; nothing here names a method. Every
 argument is checked (methods, ``--param`` values against each method's kinds and bounds, images, the
-run and its class names, the model) before the first file is written.
+run and its class names, the model) before the first file is written. A batch (``--images``) can be
+sharded over the replicas and workers of ``--strategy`` (`core.sharding`); its summary.json says who
+computed it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_METHODS = "gradcam,occlusion,vanilla_gradients"
@@ -20,6 +23,7 @@ TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 # Older flags kept as aliases: each sets the parameter of that name on every chosen method that has it.
 ALIASES = {"layer_name": "--layer-name", "patch_size": "--patch-size"}
+SUMMARY_PARTS_DIR = "summary.parts"  # each worker's part while a multi-worker batch gathers (core.sharding)
 
 
 def _opacity(text: str) -> float:
@@ -44,6 +48,7 @@ def _positive_int(text: str) -> int:
 
 def add_parser(sub, add_workspace) -> None:
     """Adds the ``explain`` sub-command to ``sub`` (an argparse sub-parsers object)."""
+    from core import sharding  # no TensorFlow
     from core.visualize import COLORMAPS  # numpy only: building the parser stays fast
 
     p = sub.add_parser(
@@ -77,6 +82,7 @@ def add_parser(sub, add_workspace) -> None:
     p.add_argument("--colormap", choices=COLORMAPS, default="jet")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default 16)")
     p.add_argument("--list-methods", action="store_true", help="print every method and its parameters, then exit")
+    sharding.add_arguments(p, "batch of --images")
     add_workspace(p)
 
 
@@ -289,6 +295,11 @@ def run(args) -> int:
         raise ValueError("Expected --out, the output folder")
     if not args.image and not args.images:
         raise ValueError("Expected --image FILE or --images DIR_OR_FILE ...")
+    from core import sharding
+
+    if args.image and (args.strategy != "auto" or args.logical_cpus):
+        raise ValueError("--strategy and --logical-cpus shard a batch of images: use them with --images, not --image")
+    sharding.check_options(args.strategy)  # before importing TensorFlow: a missing TF_CONFIG fails fast
     methods = parse_methods(args.methods)
     params = parse_params(args.param, methods, {"layer_name": args.layer_name, "patch_size": args.patch_size})
     sources = image_files([args.image] if args.image else args.images)
@@ -305,16 +316,15 @@ def run(args) -> int:
         if args.class_name not in class_names:
             raise ValueError(f"Unknown class {args.class_name!r}. Expected one of {class_names}")
         class_index = class_names.index(args.class_name)
+    # Before TensorFlow runs any op (importing it runs none): the CPU split and the strategy.
+    placement = None if args.image else sharding.make_placement(args.strategy, args.logical_cpus)
 
-    import numpy as np
-
-    from core.compare import explain_batch, explanation_files, validate_params
-    from core.data import ImageError, load_image
+    from core.compare import validate_params
+    from core.data import load_image
     from core.explain import conv_layer_names
     from core.explain.graph import num_classes
     from core.model_import import load_run_model
     from core.models import input_size
-    from core.visualize import resize_image
 
     model = load_run_model(run_.path)
     size = input_size(model)
@@ -322,45 +332,111 @@ def run(args) -> int:
     needs_layers = any(isinstance(v, str) for values in params.values() for v in values.values())
     check_bounds(params, size, conv_layer_names(model) if needs_layers else [])
     validate_params(model, methods, params)
-    single = args.image is not None
-    first = load_image(sources[0][0]) if single else None  # an unreadable --image fails here, before any write
-    summary = {"run": run_.id, "out": str(out), "methods": methods, "images": []}
-    started = time.perf_counter()
-    failed = False
-    if not single:
-        _progress(0, len(sources), started)
-    for start in range(0, len(sources), args.batch_size):
-        chunk = sources[start : start + args.batch_size]
-        originals, names, paths = [], [], []
-        for path, name in chunk:
-            try:
-                originals.append(first if first is not None else load_image(path))
-                names.append(name)
-                paths.append(path)
-            except (ImageError, OSError) as exc:
-                failed = True
-                summary["images"].append({"image": str(path), "error": str(exc)})
-                print(f"\nskipped {path}: {exc}", file=sys.stderr)
-        if originals:
-            batch = np.stack([resize_image(image, size) for image in originals])
-            probs, per_image = explain_batch(model, batch, methods, class_index, params)
-            for original, name, path, p, results in zip(originals, names, paths, probs, per_image):
-                extra = {"run": run_.id, "image": str(path), "model_input_size": list(size)}
-                files, report = explanation_files(
-                    original, p, results, class_names, alpha=args.alpha, colormap=args.colormap, extra=extra
-                )
-                folder = out if single else out / name
-                _write(folder, files)
-                failed = failed or any(r.error for r in results)
-                entry = {"image": str(path), "folder": str(folder), "predicted_class": report["predicted_class"]}
-                summary["images"].append(entry)
-                if single:
-                    print(json.dumps(report, indent=2, default=str))
-        if not single:
-            _progress(min(start + args.batch_size, len(sources)), len(sources), started)
-    if not single:
-        summary["seconds"] = round(time.perf_counter() - started, 3)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(json.dumps(summary, indent=2))
+    job = _Job(run_, model, size, methods, params, class_index, class_names, out, args.alpha, args.colormap)
+    if placement is None:
+        return _explain_image(job, sources[0][0], load_image(sources[0][0]))  # an unreadable --image fails here
+    return _explain_images(job, sources, args.batch_size, placement)
+
+
+@dataclass
+class _Job:
+    """What every image of one ``explain`` command shares."""
+
+    run: object
+    model: object
+    size: tuple[int, int]
+    methods: list[str]
+    params: dict
+    class_index: int | None
+    class_names: list[str]
+    out: Path
+    alpha: float
+    colormap: str
+
+    def explain(self, originals, paths, folders) -> list[tuple[dict, bool, dict]]:
+        """Explains a batch of decoded images and writes each image's files into its folder; per image, its
+        summary entry, whether a method failed, and its explanation.json report."""
+        import numpy as np
+
+        from core.compare import explain_batch, explanation_files
+        from core.visualize import resize_image
+
+        batch = np.stack([resize_image(image, self.size) for image in originals])
+        probs, per_image = explain_batch(self.model, batch, self.methods, self.class_index, self.params)
+        done = []
+        for original, path, folder, p, results in zip(originals, paths, folders, probs, per_image):
+            extra = {"run": self.run.id, "image": str(path), "model_input_size": list(self.size)}
+            files, report = explanation_files(
+                original, p, results, self.class_names, alpha=self.alpha, colormap=self.colormap, extra=extra
+            )
+            _write(folder, files)
+            entry = {"image": str(path), "folder": str(folder), "predicted_class": report["predicted_class"]}
+            done.append((entry, any(r.error for r in results), report))
+        return done
+
+
+def _explain_image(job: _Job, path: Path, original) -> int:
+    """``--image``: its files go straight into --out; its report is printed."""
+    ((_, failed, report),) = job.explain([original], [path], [job.out])
+    print(json.dumps(report, indent=2, default=str))
     return 1 if failed else 0
+
+
+def _explain_images(job: _Job, sources: list[tuple[Path, str]], batch_size: int, placement) -> int:
+    """``--images``: sharded over the placement's replicas and workers (`core.sharding`), ``batch_size``
+    images per replica at a time; each image's files go into its sub-folder of --out, and one
+    ``summary.json`` lists every image in the order given (with several workers, the chief writes it)."""
+    import numpy as np
+
+    from core import sharding
+    from core.data import ImageError, load_image
+
+    started = time.perf_counter()
+    _progress(0, len(sources), started)
+
+    def load(indices):
+        loaded = []
+        for i in indices:
+            try:
+                loaded.append((int(i), load_image(sources[i][0]), None))
+            except (ImageError, OSError) as exc:
+                print(f"\nskipped {sources[i][0]}: {exc}", file=sys.stderr)
+                loaded.append((int(i), None, str(exc)))
+        return loaded
+
+    def work(indices, loaded, totals):
+        entries = {i: ({"image": str(sources[i][0]), "error": error}, True) for i, _, error in loaded if error}
+        good = [(i, image) for i, image, error in loaded if error is None]
+        if good:
+            chosen = [sources[i] for i, _ in good]
+            done = job.explain([image for _, image in good], [p for p, _ in chosen], [job.out / n for _, n in chosen])
+            entries.update({i: (entry, failed) for (i, _), (entry, failed, _) in zip(good, done)})
+        return {
+            "entry": np.array([json.dumps(entries[int(i)][0]) for i in indices]),
+            "failed": np.array([entries[int(i)][1] for i in indices]),
+        }
+
+    gathered = sharding.map_shards(
+        placement,
+        len(sources),
+        batch_size,
+        work,
+        load=load,
+        progress=lambda done, total: _progress(done, total, started),
+        parts_dir=job.out / SUMMARY_PARTS_DIR,
+    )
+    if gathered is None:  # a worker that is not the chief
+        print(f"Worker {placement.worker_index} finished; the chief writes {job.out / 'summary.json'}.")
+        return 0
+    summary = {
+        "run": job.run.id,
+        "out": str(job.out),
+        "methods": job.methods,
+        "images": [json.loads(entry) for entry in gathered.rows["entry"]],
+        "seconds": round(time.perf_counter() - started, 3),
+        "distribution": sharding.describe(placement),
+    }
+    job.out.mkdir(parents=True, exist_ok=True)
+    (job.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 1 if gathered.rows["failed"].any() else 0

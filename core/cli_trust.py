@@ -1,6 +1,6 @@
 """``python -m core audit`` and ``python -m core trust``: their arguments and what they do.
 
-    python -m core audit RUN_ID [--method gradcam] [--limit N] [--json]
+    python -m core audit RUN_ID [--method gradcam] [--limit N] [--json] [--strategy mirrored --logical-cpus 2]
     python -m core trust RUN_ID [--methods gradcam,occlusion] [--limit N] [--json]
 
 Both save their results in the run (``audit.json`` + ``audit_maps.npz``; ``trust.json`` + ``trust_maps.npz``).
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from core import sharding  # no TensorFlow
 
 
 def _positive(text: str) -> int:
@@ -50,6 +52,7 @@ def add_parsers(sub, add_workspace) -> None:
         help="images for the method-agreement matrix (0: skip it)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    sharding.add_arguments(p, "audit")
     add_workspace(p)
     p.set_defaults(handler=run_audit)
 
@@ -74,14 +77,18 @@ def _print_progress(fraction: float, message: str) -> None:
 
 
 def run_audit(args) -> int:
-    """The ``audit`` command: prints the flags per class (or JSON) and saves audit.json in the run."""
+    """The ``audit`` command: prints the flags per class (or JSON) and saves audit.json in the run. With
+    ``--strategy multiworker`` every worker runs it and only the chief saves and prints the audit."""
     from core import runs
+
+    sharding.check_options(args.strategy)  # before importing TensorFlow: a missing TF_CONFIG fails fast
     from core.audit import audit_run, summary_json
-    from core.explain import METHODS
+    from core.explain import METHODS  # importing runs no TensorFlow op: the CPU can still be split
 
     if args.method not in METHODS:
         raise ValueError(f"Unknown method {args.method!r}. Expected one of {list(METHODS)}")
     run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
+    placement = sharding.make_placement(args.strategy, args.logical_cpus)  # before TensorFlow runs any op
     report = audit_run(
         run,
         args.method,
@@ -89,11 +96,18 @@ def run_audit(args) -> int:
         batch_size=args.batch_size,
         agreement_images=args.agreement_images,
         progress=None if args.json else _print_progress,
+        placement=placement,
     )
+    if report is None:
+        print(f"Worker {placement.worker_index} finished; the chief wrote {run.path / 'audit.json'}.")
+        return 0
     if args.json:
         print(json.dumps(summary_json(report), indent=2, default=float))
         return 0
     print(f"Audit of run {run.id} with {args.method} on {report['images']} test images ({report['seconds']} s)")
+    where = report["distribution"]
+    if where["replicas"] > 1 or where["workers"] > 1:
+        print(f"  computed by {where['strategy']}: {where['replicas']} replica(s) on {where['workers']} worker(s)")
     for entry in report["classes"].values():
         print(f"  {entry['text']}")
         print(

@@ -12,11 +12,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import keras
+import numpy as np
 from keras import layers
 
 from core.catalog import ARCHITECTURE_SPECS, PREPROCESSING_MODES, imagenet_weights_status

@@ -1,7 +1,7 @@
 """Sharding a list of N items (test images) over the replicas and workers of a `tf.distribute` strategy, and
 gathering the results back in the items' order: what batch explanations and the audit run on.
 
-    placement = make_placement("mirrored", cpu_devices=2)     # at the start of the process
+    placement = make_placement("mirrored", logical_cpus=2)     # at the start of the process
     gathered = map_shards(placement, len(paths), 32, work, load=load, totals={"sums": zeros})
     gathered.rows["shares"]                                   # (N, ...) in the order of paths
     gathered.totals["sums"]                                   # summed over every replica and worker
@@ -35,7 +35,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,7 @@ class Gathered:
 
 
 def cpu_device_count(text: str) -> int:
-    """argparse type of ``--cpu-devices``: a whole number from 1 to 64."""
+    """argparse type of ``--logical-cpus``: a whole number from 1 to 64."""
     try:
         value = int(text)
     except ValueError:
@@ -90,27 +90,40 @@ def cpu_device_count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--strategy`` and ``--cpu-devices`` (alias ``--logical-cpus``, as ``train`` names it)."""
+    """``--strategy`` and ``--logical-cpus``."""
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
         default="auto",
-        help=f"who computes the {what}: auto: every GPU when there are several, else one device; one: one "
+        help=f"where the {what} runs: auto: every GPU when there are several, else one device; one: one "
         "device; mirrored: every GPU (or logical CPU device), each replica takes its slice; multiworker: "
         "MultiWorkerMirroredStrategy from TF_CONFIG, every worker runs the same command and the chief writes "
         "the result (the run or output folder must be shared)",
     )
     parser.add_argument(
-        "--cpu-devices",
         "--logical-cpus",
-        dest="cpu_devices",
         type=cpu_device_count,
         default=None,
         help="split the CPU into N logical devices first (to try --strategy mirrored without GPUs)",
     )
 
 
-def make_placement(strategy: str = "auto", cpu_devices: int | None = None) -> Placement:
+def check_options(strategy: str) -> None:
+    """The checks `make_placement` makes that need no TensorFlow (a known strategy; for ``multiworker``, a
+    usable ``TF_CONFIG``), for commands to fail fast before importing it.
+
+    Raises:
+        DistributeError: what is wrong, in one line.
+    """
+    if strategy not in STRATEGIES:
+        raise DistributeError(f"Expected a strategy in {list(STRATEGIES)}. Received: strategy={strategy!r}")
+    if strategy == "multiworker":
+        from core.multiworker import read_cluster
+
+        read_cluster()
+
+
+def make_placement(strategy: str = "auto", logical_cpus: int | None = None) -> Placement:
     """The CPU split (when asked) and the strategy; call it first in the process, before TensorFlow runs
     any op.
 
@@ -118,16 +131,11 @@ def make_placement(strategy: str = "auto", cpu_devices: int | None = None) -> Pl
         DistributeError: an unknown strategy, a bad device count, TensorFlow already initialised, or
             ``multiworker`` without a usable ``TF_CONFIG``.
     """
-    if strategy not in STRATEGIES:
-        raise DistributeError(f"Expected a strategy in {list(STRATEGIES)}. Received: strategy={strategy!r}")
-    if strategy == "multiworker":
-        from core.multiworker import read_cluster
-
-        read_cluster()  # a missing or bad TF_CONFIG is reported before TensorFlow is even imported
-    if cpu_devices is not None:
+    check_options(strategy)  # a missing or bad TF_CONFIG is reported before TensorFlow is even imported
+    if logical_cpus is not None:
         from core.distribute import split_cpu
 
-        split_cpu(cpu_devices)
+        split_cpu(logical_cpus)
     from core.distribute import make_strategy
 
     return make_strategy(strategy)
@@ -216,11 +224,13 @@ def _loaded_ahead(batches: list[np.ndarray], load: LoadFn | None):
 
 def _run_shard(shard: Shard, work: WorkFn, load, totals: dict, report, stop: threading.Event):
     """(indices, rows per name, totals) of one replica; its rows concatenated over its batches."""
-    import tensorflow as tf
-
     own = {name: np.array(value, copy=True) for name, value in totals.items()}
     indices, rows = [], {}
-    scope = tf.device(shard.device) if shard.device else contextlib.nullcontext()
+    scope = contextlib.nullcontext()
+    if shard.device:
+        import tensorflow as tf
+
+        scope = tf.device(shard.device)
     with scope:
         for batch, loaded in _loaded_ahead(shard.batches, load):
             if stop.is_set():
@@ -254,11 +264,10 @@ def run_local(shards: list[Shard], work: WorkFn, load=None, totals=None, progres
         return [_run_shard(shards[0], work, load, totals, report, stop)]
     with ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="replica") as pool:
         futures = [pool.submit(_run_shard, s, work, load, totals, report, stop) for s in shards]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            stop.set()  # the other replicas stop after their current batch
-            raise
+        wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.done() and f.exception() is not None for f in futures):
+            stop.set()  # the other replicas stop after their current batch; the first error is raised
+        return [future.result() for future in futures]
 
 
 def merge(parts, count: int, totals: dict | None = None) -> Gathered:
