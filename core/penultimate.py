@@ -18,7 +18,7 @@ This module imports TensorFlow; `core.embeddings` imports it only when features 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -26,9 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import data as data_lib
-from core.explain.graph import ScoreModel, conv_layer_paths
-
-LayerPath = tuple[str, ...]
+from core.explain.graph import LayerPath, ScoreModel, conv_layer_paths, is_graph_model, walk_layers
 
 # Layers that return their input unchanged at inference: the features are read before them.
 _IDENTITY_AT_INFERENCE = (
@@ -96,23 +94,6 @@ class Extracted:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_graph_model(layer) -> bool:
-    return isinstance(layer, keras.Sequential) or (
-        isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth") and hasattr(layer, "_run_through_graph")
-    )
-
-
-def _walk(model, prefix: LayerPath = ()) -> Iterator[tuple[LayerPath, keras.layers.Layer]]:
-    """Every layer in network order, a nested graph model's layers right after its own entry."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        path = prefix + (layer.name,)
-        yield path, layer
-        if _is_graph_model(layer):
-            yield from _walk(layer, path)
-
-
 def _container(model, path: LayerPath):
     container = model
     for name in path[:-1]:
@@ -148,9 +129,9 @@ def feature_layer(model) -> FeatureLayer:
         FeatureError: the model's layers cannot be read (an imported SavedModel, a subclassed model), or
             its last Dense layer takes the pixels themselves.
     """
-    if not _is_graph_model(model):
+    if not is_graph_model(model):
         raise FeatureError(_opaque_message(model))
-    layers = list(_walk(model))
+    layers = list(walk_layers(model))
     dense = [path for path, layer in layers if isinstance(layer, keras.layers.Dense)]
     if not dense:
         convs = conv_layer_paths(model)

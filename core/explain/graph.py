@@ -49,7 +49,7 @@ def _is_functional(model) -> bool:
     return hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth")
 
 
-def _is_graph_model(layer) -> bool:
+def is_graph_model(layer) -> bool:
     """A model this module can walk: Functional or Sequential."""
     return isinstance(layer, keras.Sequential) or (isinstance(layer, keras.Model) and _is_functional(layer))
 
@@ -62,15 +62,15 @@ def _has_4d_output(layer) -> bool:
     return len(shape) == 4
 
 
-def _walk(model, prefix: LayerPath = ()) -> Iterator[tuple[LayerPath, keras.layers.Layer]]:
+def walk_layers(model, prefix: LayerPath = ()) -> Iterator[tuple[LayerPath, keras.layers.Layer]]:
     """Every layer in network order, nested graph models expanded after their own entry."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         path = prefix + (layer.name,)
         yield path, layer
-        if _is_graph_model(layer):
-            yield from _walk(layer, path)
+        if is_graph_model(layer):
+            yield from walk_layers(layer, path)
 
 
 def conv_layer_paths(model) -> list[LayerPath]:
@@ -78,12 +78,12 @@ def conv_layer_paths(model) -> list[LayerPath]:
 
     Layers that only adapt pixels for the network (those with ``is_input_adapter = True``, such as the
     preprocessing put in front of every model) are not part of what the model learned: left out."""
-    if not _is_graph_model(model):
+    if not is_graph_model(model):
         return []
     return [
         path
-        for path, layer in _walk(model)
-        if not _is_graph_model(layer) and _has_4d_output(layer) and not getattr(layer, "is_input_adapter", False)
+        for path, layer in walk_layers(model)
+        if not is_graph_model(layer) and _has_4d_output(layer) and not getattr(layer, "is_input_adapter", False)
     ]
 
 
@@ -106,7 +106,7 @@ def conv_layer_names(model) -> list[str]:
     """
     paths = conv_layer_paths(model)
     plain = [path[-1] for path in paths]
-    all_names = [path[-1] for path, _ in _walk(model)] if paths else []
+    all_names = [path[-1] for path, _ in walk_layers(model)] if paths else []
     return [name if all_names.count(name) == 1 else "/".join(path) for name, path in zip(plain, paths)]
 
 
@@ -122,9 +122,9 @@ def find_layer(model, layer_name: str) -> LayerPath | None:
     Returns None when no layer has that name. Raises `ExplanationError` when a plain name is ambiguous
     (the same name in two nested sub-models).
     """
-    if not _is_graph_model(model) or not isinstance(layer_name, str) or not layer_name:
+    if not is_graph_model(model) or not isinstance(layer_name, str) or not layer_name:
         return None
-    paths = [path for path, _ in _walk(model)]
+    paths = [path for path, _ in walk_layers(model)]
     if "/" in layer_name:
         wanted = tuple(layer_name.split("/"))
         return wanted if wanted in paths else None
@@ -245,7 +245,7 @@ def run_graph(model, inputs, tap: LayerPath | None, taps: list, head: dict | Non
         on_path = bool(tap) and name == tap[0]
         inner = tap[1:] if on_path else None
         is_head = op is head_layer
-        if _is_graph_model(op) and (inner or is_head):
+        if is_graph_model(op) and (inner or is_head):
 
             def fn(x, *args, **kwargs):
                 return run_graph(op, x, inner or None, taps, head if is_head else None)
