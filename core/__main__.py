@@ -78,10 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run = shortcut_demo.create_shortcut_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
     else:
         run = demo.create_demo_run(workspace, progress=_print_epoch, epochs=args.epochs)
-    print(
-        f"Demo run {run.id}: test accuracy {run.meta.get('test_accuracy'):.4f}, "
-        f"macro ROC AUC {run.meta.get('roc_auc_macro'):.4f}, {run.meta.get('durations')}"
-    )
+    print(_outcome(run, "Demo run"))
     print(f"Saved in {run.path}")
     return 0
 
@@ -196,9 +193,21 @@ def _train(args: argparse.Namespace, workspace, reporter=None) -> int:
     if run.status != runs.COMPLETE:
         print(f"Run {run.id} {run.status}: {run.meta.get('error')}")
         return 1
-    print(f"Run {run.id}: test accuracy {run.meta['test_accuracy']:.4f}, macro ROC AUC {run.meta['roc_auc_macro']}")
+    print(_outcome(run))
     print(f"Saved in {run.path}")
     return 0
+
+
+def _outcome(run, label: str = "Run") -> str:
+    """``Run ID: test accuracy 0.9876, macro ROC AUC 0.9185 (52.3 s)`` for a complete run."""
+    from core.text import score
+
+    seconds = (run.meta.get("durations") or {}).get("total_seconds")
+    took = f" ({seconds:.1f} s)" if isinstance(seconds, (int, float)) else ""
+    return (
+        f"{label} {run.id}: test accuracy {score(run.meta.get('test_accuracy'))}, "
+        f"macro ROC AUC {score(run.meta.get('roc_auc_macro'))}{took}"
+    )
 
 
 def cmd_import_model(args: argparse.Namespace) -> int:
@@ -209,7 +218,7 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     run = import_run(
         runs.workspace_dir(args.workspace), args.model, args.data, args.preprocess, class_names, name=args.name
     )
-    print(f"Run {run.id}: test accuracy {run.meta['test_accuracy']:.4f}, macro ROC AUC {run.meta['roc_auc_macro']}")
+    print(_outcome(run))
     print(f"Saved in {run.path}")
     tracker = _tracker(args, runs.workspace_dir(args.workspace))
     if tracker is not None:

@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from core.text import count
+
 
 def _add_workspace(parser):
     parser.add_argument("--workspace", default=None, help="workspace folder (default: $XAI_WORKSPACE or ./workspace)")
@@ -100,7 +102,9 @@ def cmd_feedback(args) -> int:
     elif args.action == "export-folder":
         out = args.out or feedback.default_export_dir(workspace)
         result = feedback.export_image_folder(workspace, out, flags())
-        print(f"Exported {sum(result['per_class'].values())} images to {result['folder']}: {result['per_class']}")
+        print(
+            f"Exported {count(sum(result['per_class'].values()), 'image')} to {result['folder']}: {result['per_class']}"
+        )
         print(
             f"Skipped {result['skipped']} flags without a correct class. Train on it: python -m core train "
             f"--data {result['folder']}"
@@ -126,7 +130,8 @@ def cmd_embed(args) -> int:
         f"{result.info['layer']} ({result.info['dimensions']} dimensions); "
         f"{'read from cache' if result.info.get('cached') else 'computed'} in {result.info['seconds']:.1f} s"
     )
-    print(f"Saved in {embeddings.cache_paths(run)[0]}")
+    where = embeddings.cache_paths(run)[0]
+    print(f"Read from {where}" if result.info.get("cached") else f"Saved in {where}")
     return 0
 
 

@@ -54,6 +54,14 @@ def _safe_auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(y_binary, scores))
 
 
+def _decisions(predictions: pd.DataFrame, probs: np.ndarray) -> np.ndarray:
+    """The table's predicted classes (a saved decision threshold may have made them, see
+    `core.explorer.decided_predictions`); the most probable class where the table has none."""
+    if "pred_label" in predictions:
+        return predictions["pred_label"].to_numpy(dtype=int)
+    return probs.argmax(axis=1)
+
+
 def compute_metrics(predictions: pd.DataFrame) -> dict:
     """Accuracy, macro ROC AUC, and per class precision, recall, F1, support and ROC AUC.
 
@@ -63,7 +71,7 @@ def compute_metrics(predictions: pd.DataFrame) -> dict:
     """
     names, y_true, probs = _arrays(predictions)
     labels = list(range(len(names)))
-    y_pred = probs.argmax(axis=1)
+    y_pred = _decisions(predictions, probs)
     precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = {}
     aucs = []
@@ -116,7 +124,7 @@ def classification_report_frame(metrics: dict) -> pd.DataFrame:
 def confusion_matrix(predictions: pd.DataFrame, normalize: bool = False) -> pd.DataFrame:
     """Rows: true class; columns: predicted class. ``normalize`` divides each row by its sum."""
     names, y_true, probs = _arrays(predictions)
-    matrix = skm.confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(len(names)))).astype(float)
+    matrix = skm.confusion_matrix(y_true, _decisions(predictions, probs), labels=list(range(len(names)))).astype(float)
     if normalize:
         sums = matrix.sum(axis=1, keepdims=True)
         matrix = np.divide(matrix, sums, out=np.zeros_like(matrix), where=sums > 0)

@@ -194,6 +194,42 @@ def predicted_index(run: runs.Run, probs) -> np.ndarray:
     return thresholds.decide(probs, run.class_names.index(saved["class"]), saved["threshold"])
 
 
+def decided_predictions(run: runs.Run, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The predictions table as the run decides: with a saved threshold, ``pred_label``, ``pred_class``,
+    ``correct`` and ``confidence`` (the probability of the predicted class) follow `predicted_index`; the
+    class probabilities never change. Without one, the table as it is (argmax)."""
+    if load_threshold(run) is None or predictions.empty:
+        return predictions
+    names, y_true, probs = arrays(predictions)
+    y_pred = predicted_index(run, probs)
+    decided = predictions.copy()
+    decided["pred_label"] = y_pred
+    decided["pred_class"] = [names[i] for i in y_pred]
+    decided["confidence"] = probs[np.arange(len(y_pred)), y_pred]
+    decided["correct"] = y_true == y_pred
+    return decided
+
+
+def decided_metrics(run: runs.Run, predictions: pd.DataFrame, saved: dict) -> dict:
+    """``metrics.json`` (``saved``) with the decision-dependent metrics (accuracy, per-class precision, recall
+    and F1, the confusion matrix) recomputed under the run's saved threshold, plus ``decision_threshold``
+    ({"class", "threshold"}) and ``argmax_accuracy`` (what the most probable class gives). Without a saved
+    threshold, ``saved`` as it is. ROC AUC, calibration and the bootstrap intervals do not depend on it."""
+    from core import evaluation
+
+    threshold = load_threshold(run)
+    if threshold is None or predictions.empty:
+        return saved
+    decided = evaluation.compute_metrics(decided_predictions(run, predictions))
+    merged = {**saved, **{k: v for k, v in decided.items() if k not in ("roc_auc_macro",)}}
+    merged["per_class"] = {
+        name: {**(saved.get("per_class") or {}).get(name, {}), **entry} for name, entry in decided["per_class"].items()
+    }
+    merged["decision_threshold"] = {"class": threshold["class"], "threshold": threshold["threshold"]}
+    merged["argmax_accuracy"] = saved.get("accuracy")
+    return merged
+
+
 def _read_json(run: runs.Run, name: str) -> dict | None:
     import json
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -194,6 +194,21 @@ def _answer(run: runs.Run, probs: np.ndarray, size, started: float, filename: st
     }
 
 
+def _only_fields(*names: str):
+    """A route dependency: 400 for a form field the route does not read (``class_name`` for ``class``, say),
+    instead of silently answering with the defaults."""
+    allowed = set(names)
+
+    async def check(request: Request) -> None:
+        if not request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form")):
+            return
+        unknown = sorted(set((await request.form()).keys()) - allowed)
+        if unknown:
+            raise HTTPException(400, f"Unknown form field(s) {unknown}. Expected some of {sorted(allowed)}.")
+
+    return Depends(check)
+
+
 def _default_run(store: ModelStore, run: str | None) -> str:
     if run:
         return run
@@ -274,7 +289,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             if run.is_complete
         ]
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=[_only_fields("file", "files", "run")])
     def predict(
         file: Annotated[UploadFile | None, File(description="one image")] = None,
         files: Annotated[list[UploadFile] | None, File(description="several images")] = None,
@@ -296,7 +311,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         answers = [_answer(run_obj, p, size, started, u.filename) for p, u in zip(probs, uploads, strict=True)]
         return answers[0] if file is not None and not files else answers
 
-    @app.post("/explain")
+    @app.post(
+        "/explain",
+        dependencies=[_only_fields("file", "method", "params", "class", "raw", "alpha", "colormap", "run")],
+    )
     def explain(
         file: Annotated[UploadFile, File(description="one image")],
         method: Annotated[str, Form()] = "gradcam",
@@ -347,7 +365,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         answer["milliseconds"] = round((time.perf_counter() - started) * 1000, 2)
         return answer
 
-    @app.post("/feedback", status_code=201)
+    @app.post(
+        "/feedback",
+        status_code=201,
+        dependencies=[
+            _only_fields("file", "flag_type", "correct_class", "comment", "method", "params", "explained_class", "run")
+        ],
+    )
     def post_feedback(
         file: Annotated[UploadFile, File(description="the flagged image")],
         flag_type: Annotated[str, Form(description=f"one of {list(feedback.FLAG_TYPES)}")],

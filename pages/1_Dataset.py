@@ -6,6 +6,7 @@ import streamlit as st
 from core import charts
 from core.data import DatasetError, ImageError, load_thumbnail
 from core.paths import DataRootError
+from core.text import count
 from ui.common import allowed_folder, clear_dataset_scans, dataset_index, folder_input, run_picker, setup_page
 
 setup_page("Dataset", ":material/photo_library:")
@@ -58,7 +59,7 @@ left, right = st.columns(2)
 left.dataframe(pd.DataFrame(list(summary["image_sizes"].items()), columns=["size (WxH)", "images"]), hide_index=True)
 right.dataframe(pd.DataFrame(list(summary["colour_modes"].items()), columns=["colour mode", "images"]), hide_index=True)
 if summary["skipped"]:
-    with st.expander(f"{len(summary['skipped'])} files skipped"):
+    with st.expander(f"{count(len(summary['skipped']), 'file')} skipped"):
         st.dataframe(pd.DataFrame(summary["skipped"]), hide_index=True)
 
 st.subheader("Samples per class")

@@ -22,6 +22,16 @@ cols[0].metric("Test accuracy", f"{scores['accuracy']:.3f}")
 auc = scores.get("roc_auc_macro")
 cols[1].metric("Macro ROC AUC", f"{auc:.3f}" if auc is not None else "n/a")
 cols[2].metric("Test images", scores["n_samples"])
+if scores.get("decision_threshold"):
+    chosen, argmax_accuracy = scores["decision_threshold"], scores.get("argmax_accuracy")
+    plain = f", {argmax_accuracy:.3f} with the most probable class" if argmax_accuracy is not None else ""
+    st.info(
+        f"Predicted classes on this page use the saved decision threshold: **{chosen['class']}** when its "
+        f"probability is at least {chosen['threshold']:.3f} (accuracy {scores['accuracy']:.3f} with it{plain}). "
+        "ROC and precision-recall curves do not depend on it; calibration and the intervals on How sure are "
+        "about the most probable class. Change or remove it on the Thresholds tab.",
+        icon=":material/tune:",
+    )
 
 report_tab, calibration_tab, threshold_tab, interval_tab, mistakes_tab, drill_tab = st.tabs(
     ["Report", "Calibration", "Thresholds", "How sure", "Mistakes and groups", "Confusion drill-down"]

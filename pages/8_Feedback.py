@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core import feedback
+from core.text import count
 from ui.common import setup_page, workspace
 from ui.serving import flags_table
 
@@ -94,9 +95,9 @@ if right.button("Export as image folder", key="fb_export", icon=":material/folde
     result = feedback.export_image_folder(ws, target, flags)
     if result["per_class"]:
         right.success(
-            f"Exported {sum(result['per_class'].values())} images to `{result['folder']}`: "
+            f"Exported {count(sum(result['per_class'].values()), 'image')} to `{result['folder']}`: "
             + ", ".join(f"{k}: {v}" for k, v in result["per_class"].items())
-            + f". Skipped {result['skipped']} without a correct class."
+            + f". Skipped {count(result['skipped'], 'flag')} without a correct class."
         )
         right.code(f"python -m core train --data {result['folder']} --arch compact_cnn --weights none", "bash")
     else:

@@ -341,3 +341,32 @@ def test_paired_comparison_matches_images_by_path_and_refuses_unlike_runs(run_wi
     renamed = better.rename(columns={"prob_fox": "prob_wolf"})
     with pytest.raises(explorer.ExplorerError, match="different classes"):
         explorer.paired_comparison(test, renamed)
+
+
+def test_the_predictions_table_and_metrics_follow_a_saved_threshold(run_with_predictions):
+    from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
+
+    from core import evaluation, explorer
+
+    run, test = run_with_predictions
+    saved = {**evaluation.compute_metrics(test), "ece": 0.1}
+    assert explorer.decided_predictions(run, test) is test  # no threshold: the table as it is
+    assert explorer.decided_metrics(run, test, saved) is saved
+    explorer.save_threshold(run, "dog", 0.25)
+    decided = explorer.decided_predictions(run, test)
+    _, y_true, probs = explorer.arrays(test)
+    expected = np.where(probs[:, 1] >= 0.25, 1, np.where(probs[:, 0] >= probs[:, 2], 0, 2))
+    assert decided["pred_label"].tolist() == expected.tolist()
+    assert int((decided["pred_label"] != test["pred_label"]).sum()) > 0  # the threshold changes some
+    assert decided["correct"].tolist() == (expected == y_true).tolist()
+    np.testing.assert_allclose(decided["confidence"], probs[np.arange(len(expected)), expected])
+    np.testing.assert_array_equal(decided.filter(like="prob_").to_numpy(), test.filter(like="prob_").to_numpy())
+    metrics = explorer.decided_metrics(run, test, saved)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, expected))
+    assert metrics["argmax_accuracy"] == pytest.approx(accuracy_score(y_true, probs.argmax(axis=1)))
+    assert metrics["per_class"]["dog"]["recall"] == pytest.approx(recall_score(y_true, expected, average=None)[1])
+    assert metrics["per_class"]["dog"]["roc_auc"] == saved["per_class"]["dog"]["roc_auc"]  # not a decision
+    assert metrics["roc_auc_macro"] == saved["roc_auc_macro"] and metrics["ece"] == 0.1
+    assert metrics["decision_threshold"] == {"class": "dog", "threshold": 0.25}
+    matrix = evaluation.confusion_matrix(decided).to_numpy()
+    np.testing.assert_array_equal(matrix, confusion_matrix(y_true, expected))

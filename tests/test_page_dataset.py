@@ -45,7 +45,7 @@ def test_dataset_page_on_another_folder(app_workspace, monkeypatch, tmp_path):
     assert not at.exception and not at.error
     counts = at.dataframe[0].value
     assert counts["total"].tolist() == [5, 5, 5]
-    assert any("1 files skipped" in e.label for e in at.expander)
+    assert any("1 file skipped" in e.label for e in at.expander)
     at.text_input(key="dataset_folder").set_value("/").run()
     assert any("outside the folders" in e.value for e in at.error)
 
@@ -70,7 +70,7 @@ def test_dataset_page_sees_changed_files_and_rescans(app_workspace, monkeypatch,
     common._folder_signature.clear()  # what its 10 s expiry does; the cached scan itself is kept
     at.run()
     assert at.dataframe[0].value["total"].tolist() == [23, 24, 24]
-    assert any("1 files skipped" in e.label for e in at.expander)
+    assert any("1 file skipped" in e.label for e in at.expander)
     next(iter(sorted((dataset / "test" / "triangle").glob("*.png")))).unlink()
     at.button(key="dataset_rescan").click().run()  # at once, without waiting for the expiry
     assert not at.exception and at.dataframe[0].value["total"].tolist() == [23, 24, 23]

@@ -183,6 +183,15 @@ def test_explain_overlay_and_raw_map(server):
         ),
         ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"alpha": "7"}, 422, "alpha"),
         ("/feedback", {"file": ("x.png", png(40, 30), "image/png")}, {"flag_type": "meh"}, 400, "flag_type"),
+        ("/predict", {"file": ("x.png", png(40, 30), "image/png")}, {"run_id": "nope"}, 400, "['run_id']"),
+        ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"class_name": "dog"}, 400, "['class_name']"),
+        (
+            "/feedback",
+            {"file": ("x.png", png(40, 30), "image/png")},
+            {"flag_type": "wrong_prediction", "kind": "x"},
+            400,
+            "unknown form field(s) ['kind']",
+        ),
     ],
 )
 def test_bad_input_answers_4xx_with_a_message(server, path, files, data, status, words):

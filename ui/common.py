@@ -16,6 +16,7 @@ import streamlit as st
 from core import runs
 
 SELECTED_RUN = "selected_run_id"
+RUN_PARAM = "run"  # the query parameter that names the picked run
 PICKER_KEY = "run_picker"
 # Another page asks the Explainer to open an image: {"run": run id, "path": image path, "classes": [true, predicted]}
 EXPLAIN_REQUEST = "explain_request"
@@ -86,17 +87,27 @@ def short_labels(available: list[runs.Run], width: int = 18) -> dict[str, str]:
 
 
 def run_picker() -> runs.Run | None:
-    """The sidebar run picker shared by every page (complete runs); default: the newest."""
+    """The sidebar run picker shared by every page (complete runs). The pick lasts the session and is kept in
+    the address (``?run=ID``), so a reload or a shared link shows the same run; default: the newest."""
     available = [r for r in runs.list_runs(workspace()) if r.is_complete]
     if not available:
         return None
     by_id = {r.id: r for r in available}
     labels = short_labels(available)
     chosen = st.session_state.get(SELECTED_RUN)
+    if chosen is None:  # a new session (a reload, a link): the run named in the address, if any
+        linked = st.query_params.get(RUN_PARAM)
+        chosen = linked
+        if linked and linked not in by_id:
+            st.sidebar.warning(
+                f"The run `{linked[:60]}` in the address is not among the complete runs: showing the newest."
+            )
     if chosen not in by_id:
         chosen = next((r.id for r in available if r.is_complete), available[0].id)
-        st.session_state[SELECTED_RUN] = chosen
+    st.session_state[SELECTED_RUN] = chosen
     st.session_state[PICKER_KEY] = chosen
+    if st.query_params.get(RUN_PARAM) != chosen:  # the address names the run: a reload or a shared link keeps it
+        st.query_params[RUN_PARAM] = chosen
     st.sidebar.selectbox(
         "Run",
         options=list(by_id),
@@ -140,13 +151,22 @@ def _history(run_path: str, stamp: tuple):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _predictions(run_path: str, stamp: tuple):
-    return runs.load_predictions(runs.read_run(run_path))
+def _predictions(run_path: str, stamp: tuple, threshold_stamp: tuple):
+    from core.explorer import decided_predictions
+
+    run = runs.read_run(run_path)
+    return decided_predictions(run, runs.load_predictions(run))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _metrics(run_path: str, stamp: tuple):
-    return runs.load_metrics(runs.read_run(run_path))
+def _metrics(run_path: str, stamp: tuple, predictions_stamp: tuple, threshold_stamp: tuple):
+    from core.explorer import decided_metrics, load_threshold
+
+    run = runs.read_run(run_path)
+    saved = runs.load_metrics(run)
+    if load_threshold(run) is None:
+        return saved
+    return decided_metrics(run, runs.load_predictions(run), saved)
 
 
 def _file_stamp(run: runs.Run, name: str) -> tuple:
@@ -163,11 +183,24 @@ def history(run: runs.Run):
 
 
 def predictions(run: runs.Run):
-    return _predictions(str(run.path), _file_stamp(run, runs.PREDICTIONS_FILE))
+    """The test predictions as the run decides (its saved decision threshold, if any)."""
+    return _predictions(str(run.path), _file_stamp(run, runs.PREDICTIONS_FILE), _threshold_stamp(run))
 
 
 def metrics(run: runs.Run):
-    return _metrics(str(run.path), _file_stamp(run, runs.METRICS_FILE))
+    """metrics.json, its decision-dependent numbers under the run's saved threshold, if any."""
+    return _metrics(
+        str(run.path),
+        _file_stamp(run, runs.METRICS_FILE),
+        _file_stamp(run, runs.PREDICTIONS_FILE),
+        _threshold_stamp(run),
+    )
+
+
+def _threshold_stamp(run: runs.Run) -> tuple:
+    from core.explorer import THRESHOLD_FILE
+
+    return _file_stamp(run, THRESHOLD_FILE)
 
 
 @st.cache_data(show_spinner="Scanning the dataset…", max_entries=16)
