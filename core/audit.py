@@ -151,23 +151,34 @@ def recognised_level(n_classes: int) -> float:
 
 
 def flag_text(name: str, entry: dict) -> str:
-    """The flag and its counterfactual test in words."""
-    region = entry["candidate_region"].replace("_", " ")
+    """The flag and its counterfactual test in words, naming the quantities the Audit page's bar chart shows.
+
+    ``entry["share"]`` is the class's mean share of map mass in ``candidate_region``: the flaggable region
+    (border band or a corner square) where that share exceeds the other classes' mean share the most, which is
+    not necessarily the region with the largest share.
+    """
+    region = entry["candidate_region"]
+    label = "border band" if region == "border" else region.replace("_", "-") + " corner"
     share = (
-        f"{entry['share']:.0%} of the map mass in the {region} (other classes {entry['others_share']:.0%}, "
-        f"a uniform map {entry['uniform_share']:.0%})"
+        f"{entry['share']:.0%} of its map mass lies in the {label} (other classes {entry['others_share']:.0%}, "
+        f"a uniform map {entry['uniform_share']:.0%}: the “{label}” bars)"
     )
     if entry.get("consistency") is not None:
-        share += f", {entry['consistency']:.0%} of its maps {LIFT_VS_UNIFORM:g}x uniform there"
+        share += (
+            f"; in {entry['consistency']:.0%} of its maps it holds {LIFT_VS_UNIFORM:g}x a uniform map's share or more"
+        )
     if entry.get("unrecognised_concentration"):
         return (
-            f"{name}: not flagged, though its maps concentrate on the {region} ({share}): the model does not "
+            f"{name}: not flagged, though its maps concentrate on the {label}: {share}. The model does not "
             f"recognise this class (mean probability {entry['probability_before']:.0%}), so its maps explain little."
         )
     if not entry["flagged"]:
-        return f"{name}: not flagged; its most concentrated border or corner region holds {share}."
+        return (
+            f"{name}: not flagged. Of the border band and the four corners, the {label} is where its maps exceed "
+            f"the other classes' share the most: {share}."
+        )
     before, after = entry.get("accuracy_before"), entry.get("accuracy_after")
-    text = f"{name}: FLAGGED, its maps concentrate on the {region}: {share}."
+    text = f"{name}: FLAGGED, its maps concentrate on the {label}: {share}."
     if before is None or after is None:
         return text
     others = ""
@@ -176,16 +187,16 @@ def flag_text(name: str, entry: dict) -> str:
     drop = excess_drop(entry)
     if drop >= RELIED_DROP:
         return (
-            f"{text} Hiding the {region} drops its accuracy from {before:.0%} to {after:.0%}{others}: the model "
+            f"{text} Hiding the {label} drops its accuracy from {before:.0%} to {after:.0%}{others}: the model "
             "relies on it, a likely shortcut."
         )
     if drop >= SMALL_DROP:
         return (
-            f"{text} Hiding the {region} lowers its accuracy from {before:.0%} to {after:.0%}{others}: the model "
+            f"{text} Hiding the {label} lowers its accuracy from {before:.0%} to {after:.0%}{others}: the model "
             "partly relies on it (it also uses other evidence)."
         )
     return (
-        f"{text} Hiding the {region} leaves its accuracy at {after:.0%} (was {before:.0%}){others}: no accuracy "
+        f"{text} Hiding the {label} leaves its accuracy at {after:.0%} (was {before:.0%}){others}: no accuracy "
         "drop, so the maps point there but the decision does not depend on it."
     )
 

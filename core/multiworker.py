@@ -38,6 +38,8 @@ from core.distribute import DistributeError, Placement
 
 TF_CONFIG_ENV = "TF_CONFIG"
 HEARTBEAT_ENV = "XAI_HEARTBEAT_SECONDS"  # how soon a lost worker is noticed (TensorFlow's default: 10 s)
+CONNECT_ENV = "XAI_CLUSTER_CONNECT_SECONDS"  # how long a worker waits for the others to join
+CONNECT_SECONDS = 600.0
 STATE_FILE = "state.json"
 RUN_POINTER = "run.txt"
 CHECKPOINTS = "checkpoints"
@@ -56,6 +58,13 @@ class Cluster:
     @property
     def size(self) -> int:
         return len(self.addresses)
+
+
+def _is_address(address) -> bool:
+    if not isinstance(address, str) or ":" not in address:
+        return False
+    host, port = address.rsplit(":", 1)
+    return bool(host) and port.isascii() and port.isdecimal() and 1 <= int(port) <= 65535
 
 
 def read_cluster(raw: str | None = None) -> Cluster:
@@ -86,9 +95,10 @@ def read_cluster(raw: str | None = None) -> Cluster:
     addresses, tasks = [], []
     for job in JOBS:
         members = cluster.get(job, [])
-        if not isinstance(members, list) or not all(isinstance(a, str) and ":" in a for a in members):
+        if not isinstance(members, list) or not all(_is_address(a) for a in members):
             raise DistributeError(
-                f"{TF_CONFIG_ENV}: cluster.{job} must be a list of 'host:port'. Received: {members!r}"
+                f"{TF_CONFIG_ENV}: cluster.{job} must be a list of 'host:port' with a port from 1 to 65535. "
+                f"Received: {members!r}"
             )
         if job == "chief" and len(members) > 1:
             raise DistributeError(f"{TF_CONFIG_ENV}: at most one chief. Received: {members}")
@@ -115,13 +125,14 @@ def make_strategy() -> Placement:
     import tensorflow as tf
 
     _configure_heartbeat(cluster)
-    try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    except (RuntimeError, ValueError) as exc:
-        raise DistributeError(
-            f"MultiWorkerMirroredStrategy could not start ({exc}); it must be created in a fresh process "
-            "before TensorFlow runs any op."
-        ) from exc
+    with _bounded_wait(cluster):  # the constructor blocks until every worker has joined
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except (RuntimeError, ValueError) as exc:
+            raise DistributeError(
+                f"MultiWorkerMirroredStrategy could not start ({exc}); it must be created in a fresh process "
+                "before TensorFlow runs any op."
+            ) from exc
     local = [d.split("/device:")[-1] for d in strategy.extended.worker_devices]
     devices = [f"/job:{job}/task:{index}/device:{d}" for job, index in cluster.tasks for d in local]
     return Placement(
@@ -132,6 +143,50 @@ def make_strategy() -> Placement:
         worker_index=cluster.rank,
         cluster=list(cluster.addresses),
     )
+
+
+WATCHDOG = """
+import os, signal, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+def stop(signum, frame):
+    print(f"error: stopped by signal {signum} while waiting for the cluster.", file=sys.stderr, flush=True)
+    os.kill(parent, signal.SIGKILL)
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+time.sleep(seconds)
+print(message, file=sys.stderr, flush=True)
+os.kill(parent, signal.SIGKILL)
+"""
+
+
+@contextlib.contextmanager
+def _bounded_wait(cluster: Cluster):
+    """While the cluster assembles, TensorFlow waits in C++ for the missing workers with no deadline, holding
+    Python's interpreter lock and swallowing SIGTERM, so nothing in this process can end the wait. A small
+    watchdog process does: when the others have not joined within ``XAI_CLUSTER_CONNECT_SECONDS`` (default
+    600), or on Ctrl-C, it prints the reason in one line and kills this process (exit status 137)."""
+    import subprocess
+    import sys
+
+    raw = os.environ.get(CONNECT_ENV) or str(CONNECT_SECONDS)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 1e7:
+        raise DistributeError(f"{CONNECT_ENV} must be a number of seconds above 0. Received: {raw!r}")
+    others = [a for i, a in enumerate(cluster.addresses) if i != cluster.rank]
+    message = (
+        f"error: the cluster did not assemble within {seconds:g} s: worker {cluster.rank} "
+        f"({cluster.addresses[cluster.rank]}) is waiting for {others}. Start every worker with the same "
+        f"TF_CONFIG (its own task.index) and check that they reach each other; {CONNECT_ENV} sets the wait."
+    )
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(seconds), message])
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait(timeout=10)
 
 
 def _configure_heartbeat(cluster: Cluster) -> None:

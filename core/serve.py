@@ -121,20 +121,39 @@ def _class_index(value: str | None, class_names: list[str]) -> int | None:
         return None
     if value in class_names:
         return class_names.index(value)
-    if value.lstrip("-").isdigit() and 0 <= int(value) < len(class_names):
+    if value.isascii() and value.isdecimal() and int(value) < len(class_names):  # "2"; not "²", "-1" or "٣"
         return int(value)
     raise HTTPException(
         400, f"Unknown class. Expected one of {class_names} or an index 0-{len(class_names) - 1}. Received: {value!r}"
     )
 
 
+MAX_PARAMS_CHARS = 10_000
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _not_a_number(text: str):
+    raise ValueError(f"{text} is not a number")
+
+
 def _parse_params(text: str | None) -> dict:
+    """A JSON object of finite numbers, strings, booleans, nulls and lists (the ``params`` form field); a 400
+    for anything else, before anything is computed or stored."""
     if not text:
         return {}
+    if len(text) > MAX_PARAMS_CHARS:
+        raise HTTPException(400, f"Expected params as a JSON object of at most {MAX_PARAMS_CHARS:,} characters.")
     try:
-        params = json.loads(text)
-    except ValueError:
-        raise HTTPException(400, f"Expected params as a JSON object. Received: {text[:200]!r}") from None
+        params = json.loads(text, parse_float=_finite, parse_constant=_not_a_number)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(":")[0]
+        raise HTTPException(400, f"Expected params as a JSON object ({reason}). Received: {text[:200]!r}") from None
     if not isinstance(params, dict):
         raise HTTPException(400, f"Expected params as a JSON object. Received: {text[:200]!r}")
     return params

@@ -12,6 +12,7 @@ from core.catalog import ARCHITECTURE_NAMES, ARCHITECTURE_SPECS, imagenet_weight
 from core.data import DatasetError
 from core.distribute import LR_RULES, STRATEGIES
 from core.split_checks import split_problems, split_warnings
+from core.text import count
 from ui.common import SELECTED_RUN, dataset_index, folder_input, history, run_picker, setup_page, workspace
 from ui.drift import render_drift
 
@@ -378,7 +379,7 @@ with new_tab:
     live_jobs()
     recent = [r for r in runs.list_runs(workspace()) if r.status in (runs.FAILED, runs.CANCELLED)][:5]
     if recent:
-        with st.expander(f"{len(recent)} recent failed or cancelled runs"):
+        with st.expander(count(len(recent), "recent failed or cancelled run")):
             for failed in recent:
                 st.markdown(f"**{failed.id}** · {failed.status}: {failed.meta.get('error', 'no reason recorded')}")
 
@@ -404,6 +405,8 @@ with compare_tab:
             if len(groups) > 1:
                 st.markdown(f"**Classes:** {', '.join(classes)}")
             table = runs.comparison_table(members)
+            if "epochs" in table:  # whole epochs; an imported run has none (a dash, not "None")
+                table["epochs"] = table["epochs"].map(lambda v: "—" if pd.isna(v) else f"{int(v)}")
             st.dataframe(table.style.format(precision=3, na_rep=""), key=f"compare_table_{i}")
         if selected:
             combined = runs.combined_history(selected, short=True)

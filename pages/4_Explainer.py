@@ -344,4 +344,4 @@ try:
 except OSError as exc:
     st.caption(f"This image cannot be flagged: {exc}")
 else:
-    render_flag_form(run, image_bytes, probs, ", ".join(methods), params, explained)
+    render_flag_form(run, image_bytes, probs, ", ".join(methods), params, explained, true_class=true_class)

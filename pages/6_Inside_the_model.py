@@ -148,7 +148,15 @@ blur_sigma = row[1].slider("Blur sigma (px)", 0.0, float(inside.BLUR_RADIUS), 0.
 decay = row[2].number_input("Decay towards grey", 0.0, 0.5, 0.01, 0.005, format="%.3f", key="viz_decay")
 noise = row[3].slider("Start noise (px)", 0.0, 64.0, 8.0, 1.0, key="viz_noise")
 
-if st.button("Start", type="primary", icon=":material/play_arrow:", key="viz_start_button", disabled=running):
+start = st.button(
+    "Start",
+    type="primary",
+    icon=":material/play_arrow:",
+    key="viz_start_button",
+    disabled=running,
+    help="A visualisation is running: stop it or let it finish first." if running else None,
+)
+if start and not running:  # a click that reaches a run where the job already runs starts nothing
     settings = inside.VisualizationSettings(
         target="class" if viz_layer is None else "channel",
         class_index=class_index if viz_layer is None else None,
@@ -168,5 +176,7 @@ if st.button("Start", type="primary", icon=":material/play_arrow:", key="viz_sta
     except inside.InsideError as exc:
         st.error(str(exc))
     else:
-        ui_inside.start_job(run, net, settings, image if start_from == "The image above" else None)
+        _, started = ui_inside.start_job(run, net, settings, image if start_from == "The image above" else None)
+        if started:
+            st.rerun()  # draw the page again: Start disabled, Stop and the progress shown
 ui_inside.show_job(run)

@@ -193,3 +193,27 @@ def test_the_audit_decides_with_the_runs_saved_threshold(app_workspace, tmp_path
     report = audit_run(run, "gradcam", agreement_images=0, save=False)
     assert report["classes"][first]["accuracy_before"] == 1.0
     assert all(report["classes"][name]["accuracy_before"] == 0.0 for name in others)
+
+
+def test_flag_text_names_the_region_and_the_share_the_chart_shows():
+    """A class whose border band holds more mass than any corner but is no outlier there: the text names the
+    corner where it exceeds the other classes most, by the chart's label, with the share that bar shows."""
+    from core.audit import flag_classes, flag_text, uniform_shares
+    from ui.audit import REGION_LABELS
+
+    uniform = uniform_shares(32, 32)
+    plain = {r: uniform[r] for r in uniform}
+    circle = {**plain, "border": 0.20, "top_right": 0.03}
+    other = {**plain, "border": 0.30, "top_right": 0.01}
+    entry = flag_classes({"circle": circle, "square": other, "triangle": dict(other)}, uniform)["circle"]
+    assert not entry["flagged"] and entry["candidate_region"] == "top_right"
+    text = flag_text("circle", entry)
+    label = REGION_LABELS["top_right"]
+    assert label == "top-right corner" and f"“{label}” bars" in text
+    assert "3% of its map mass lies in the top-right corner (other classes 1%, a uniform map 6%" in text
+    assert "exceed the other classes' share the most" in text and "most concentrated" not in text
+    assert "20%" not in text  # the border band's share is another bar
+    entry = {**entry, "candidate_region": "border", "share": 0.45, "others_share": 0.1, "flagged": True}
+    assert "FLAGGED, its maps concentrate on the border band: 45% of its map mass lies in the border band" in (
+        flag_text("circle", entry)
+    )

@@ -44,12 +44,40 @@ def test_read_cluster_orders_the_chief_first():
         (json.dumps({"cluster": {"worker": ["a:1"]}}), "needs a 'cluster' and a 'task'"),
         (tf_config(["a:1"], ps=["p:1"]), "uses only 'chief' and 'worker' tasks"),
         (tf_config(["a:1", "no-port"]), r"must be a list of 'host:port'"),
+        (tf_config(["127.0.0.1:23456", "127.0.0.1:99999"]), r"with a port from 1 to 65535"),
+        (tf_config(["127.0.0.1:0"]), r"with a port from 1 to 65535"),
+        (tf_config([":2222"]), r"must be a list of 'host:port'"),
         (tf_config(["a:1", "b:1"], index=2), "task 'worker' 2 is not in the cluster"),
     ],
 )
 def test_a_bad_tf_config_is_refused_with_the_reason(raw, message):
     with pytest.raises(DistributeError, match=message):
         multiworker.read_cluster(raw)
+
+
+def test_a_worker_whose_peers_never_join_gives_up_with_one_line(tmp_path, tiny_shapes_dir):
+    """TensorFlow waits for missing workers without a deadline (holding the interpreter lock, swallowing
+    SIGTERM): the watchdog process ends it with the reason after XAI_CLUSTER_CONNECT_SECONDS."""
+    ports = free_ports(2)
+    env = dict(
+        os.environ,
+        TF_CONFIG=tf_config([f"127.0.0.1:{p}" for p in ports], index=0),
+        XAI_CLUSTER_CONNECT_SECONDS="3",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    command = [
+        sys.executable, "-m", "core", "train", "--data", str(tiny_shapes_dir), "--arch", "compact_cnn",
+        "--weights", "none", "--img-size", "32", "--epochs", "1", "--strategy", "multiworker",
+        "--workspace", str(tmp_path / "ws"),
+    ]  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == -9, done.stderr[-2000:]  # killed by the watchdog: nothing else ends the wait
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "did not assemble within 3 s" in errors[0], done.stderr[-2000:]
+    assert f"127.0.0.1:{ports[1]}" in errors[0] and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())  # no run
 
 
 def test_the_command_line_reports_a_missing_cluster_in_one_line(tmp_path, tiny_shapes_dir, monkeypatch, capsys):

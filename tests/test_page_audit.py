@@ -3,10 +3,13 @@ agreement; the Trust section with its table, curves, verdicts and cascade strips
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 from apptest import images, open_page, plots
+
+from ui import audit as ui_audit
 
 PAGE = "pages/7_Audit.py"
 
@@ -21,6 +24,7 @@ def workspace(app_workspace, tmp_path):
 
 def test_audit_page_runs_the_audit_and_scores_methods(workspace, monkeypatch):
     from core import runs
+    from core.explain import METHODS, describe
 
     at = open_page(PAGE, workspace, monkeypatch)
     assert any("No audit of this run yet" in info.value for info in at.info)
@@ -41,6 +45,16 @@ def test_audit_page_runs_the_audit_and_scores_methods(workspace, monkeypatch):
     assert len(bars) == 1 and {t["name"] for t in bars[0]["data"]} >= set(run.class_names) | {"uniform map"}
     heatmaps = [f for f in figures if f["data"][0].get("type") == "heatmap"]
     assert len(heatmaps) == 1 and len(heatmaps[0]["data"][0]["x"]) >= 3  # every method that applies
+    titles = {describe(m)["title"] for m in METHODS}
+    agreement = heatmaps[0]["data"][0]
+    assert set(agreement["x"]) <= titles and agreement["x"] == agreement["y"]  # titles, not internal ids
+    assert "Grad-CAM" in agreement["x"] and not any("_" in name for name in agreement["x"])
+    # each class's sentence names a region by the chart's label, with the share its bar shows
+    bar_labels = bars[0]["data"][0]["x"]
+    saved = json.loads((run.path / "audit.json").read_text())
+    for entry in saved["classes"].values():
+        label = ui_audit.REGION_LABELS[entry["candidate_region"]]
+        assert label in bar_labels and f"{entry['share']:.0%} of its map mass lies in the {label}" in text
     table = at.dataframe[0].value
     assert list(table["class"]) == run.class_names and table["accuracy before"].between(0, 1).all()
 
@@ -63,6 +77,12 @@ def test_audit_page_runs_the_audit_and_scores_methods(workspace, monkeypatch):
     ]
     assert len(curves) == 2 and len(curves[0]["data"]) == 4
 
+    saved = json.loads((run.path / "audit.json").read_text())  # an audit saved with older words
+    for entry in saved["classes"].values():
+        entry["text"] = "old words: its most concentrated border or corner region holds 3%"
+    (run.path / "audit.json").write_text(json.dumps(saved))
     reopened = open_page(PAGE, workspace, monkeypatch)  # saved results are shown again without recomputing
+    assert not any("old words" in m.value for m in reopened.markdown)
+    assert all(any(m.value.startswith(f"{c}: not flagged. Of the") for m in reopened.markdown) for c in run.class_names)
     assert reopened.dataframe[1].value.shape[0] == 2
     assert any("No class is flagged" in s.value for s in reopened.success)

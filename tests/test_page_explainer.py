@@ -16,6 +16,8 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
+from ui.explainer import CURVES_KEY
+
 DEFAULT = ("gradcam", "occlusion", "vanilla_gradients")
 COMPACT_LAYERS = [
     "block1_conv", "block1_bn", "block1_relu", "block1_pool", "block2_conv", "block2_bn", "block2_relu",
@@ -59,6 +61,15 @@ def _timings(at) -> list[str]:
     return [c.value for c in at.caption if " ms · " in c.value]
 
 
+def _audit_curve_styles() -> list[tuple]:
+    """(name, colour, dash) of the Audit page's Trust curves, the reference for the Explainer's."""
+    from ui.audit import curves_figure
+
+    curve = {f"mean_{k}_curve": [0.0, 1.0] for k in ("deletion", "insertion")}
+    figure = curves_figure(curve, curve, [0.0, 1.0])
+    return [(t.name, t.line.color, t.line.dash) for t in figure.data]
+
+
 def test_default_methods_side_by_side_with_raw_ranges_and_downloads(app_workspace, monkeypatch, recorded):
     from core.explain import METHODS, describe
 
@@ -81,11 +92,18 @@ def test_default_methods_side_by_side_with_raw_ranges_and_downloads(app_workspac
 
     # evidence under each map: deletion and insertion curves (21 points) with the random map's beside them
     assert len(curves) == 3
+    trust_styles = _audit_curve_styles()
     for figure in curves:
         names = [trace["name"] for trace in figure["data"]]
-        assert names == ["deletion", "deletion, random", "insertion", "insertion, random"]
+        assert names == ["deletion", "deletion, random map", "insertion", "insertion, random map"]
+        # the same lines as the Audit page's Trust curves: name, colour and dash
+        assert [(t["name"], t["line"]["color"], t["line"].get("dash")) for t in figure["data"]] == trust_styles
+        assert figure["layout"]["xaxis"]["title"]["text"] == "fraction of pixels changed"
         assert all(len(trace["y"]) == 21 and 0 <= min(trace["y"]) <= max(trace["y"]) <= 1 for trace in figure["data"])
         assert figure["data"][0]["x"][0] == 0 and figure["data"][0]["x"][-1] == 1
+    # one line under each chart names the four lines (no room for a legend at three columns)
+    keys = [c.value for c in at.caption if c.value == CURVES_KEY]
+    assert len(keys) == 3 and all(w in CURVES_KEY for w in (":red[deletion]", ":blue[insertion]", "solid", "dotted"))
     aucs = [c.value for c in at.caption if c.value.startswith("Deletion AUC")]
     assert len(aucs) == 3
     (ranking,) = [c.value for c in at.caption if c.value.startswith("Faithfulness ranking")]
@@ -101,6 +119,9 @@ def test_default_methods_side_by_side_with_raw_ranges_and_downloads(app_workspac
         "download_json",
     }
     assert Image.open(io.BytesIO(files["a_gradcam_overlay_png"])).size == (48, 48)
+    # short labels in each method's cell, so they are not cut at three columns (the browser test looks)
+    cell = [b.proto for b in at.get("download_button") if b.proto.id.endswith(("_overlay_png", "_heatmap_png"))]
+    assert sorted({b.label for b in cell}) == ["Heatmap", "Overlay"] and all("PNG" in b.help for b in cell)
     report = json.loads(files["download_json"])
     assert list(report["methods"]) == list(DEFAULT)
     assert report["predicted_class"] in ("circle", "square", "triangle")

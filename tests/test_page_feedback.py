@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from apptest import open_page, png
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -105,3 +106,36 @@ def test_flag_form_stores_a_flag(tmp_path, monkeypatch):
     assert flag["method"] == "gradcam" and flag["params"] == {"layer_name": "conv"} and flag["source"] == "dashboard"
     stored = np.asarray(Image.open(feedback.image_path(tmp_path, flag)))
     assert stored.shape == (8, 8, 3) and stored[3, 3].tolist() == [255, 255, 255]
+
+
+def _flag_form_with_truth(workspace: str, true_class):
+    from pathlib import Path
+
+    import numpy as np
+
+    from core import runs
+    from ui.serving import render_flag_form
+
+    run = runs.Run(Path(workspace) / "runs" / "run-x", {"class_names": ["circle", "square", "triangle"]})
+    image = np.zeros((8, 8, 3), np.uint8)
+    render_flag_form(run, image, np.array([0.2, 0.7, 0.1]), "gradcam", {}, 1, true_class=true_class)
+
+
+@pytest.mark.parametrize(
+    "true_class, expected",
+    [
+        ("square", "implausible_explanation"),  # predicted square, and it is a square: the map is what to doubt
+        (1, "implausible_explanation"),  # the true class as an index
+        ("circle", "wrong_prediction"),
+        (None, "wrong_prediction"),  # no known true class: as before
+    ],
+)
+def test_flag_form_defaults_to_the_likely_flag_type(tmp_path, monkeypatch, true_class, expected):
+    monkeypatch.setenv("XAI_WORKSPACE", str(tmp_path))
+    at = AppTest.from_function(_flag_form_with_truth, args=(str(tmp_path), true_class), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (radio,) = at.radio
+    assert radio.value == expected
+    at.button[0].click().run()
+    (flag,) = feedback.list_flags(tmp_path)
+    assert flag["flag_type"] == expected and flag["method"] == "gradcam"

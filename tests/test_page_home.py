@@ -24,6 +24,9 @@ def test_home_shows_the_current_run(app_workspace, monkeypatch):
     devices = [c.value for c in at.caption if c.value.startswith("**Devices**")]
     assert devices == ["**Devices** DefaultStrategy, 1 replica(s) (CPU:0) · float32 · batch 8 per replica, 8 global"]
     assert len(at.selectbox(key="run_picker").options) == 1
+    (serve,) = [c.value for c in at.code if "core serve" in c.value]
+    run_id = at.selectbox(key="run_picker").value
+    assert serve == f".venv/bin/python -m core serve --workspace {app_workspace} --run {run_id} --port 8000"
 
 
 def test_home_does_not_import_tensorflow(app_workspace):

@@ -107,6 +107,53 @@ def test_a_channel_visualisation_can_be_stopped(app_workspace, monkeypatch):
     assert "mean activation of channel 31 of block2_relu" in message
 
 
+def test_start_is_disabled_while_a_visualisation_runs_and_a_second_click_starts_nothing(app_workspace, monkeypatch):
+    at = _inside(app_workspace, monkeypatch)
+    assert not at.button(key="viz_start_button").disabled
+    at.number_input(key="viz_steps").set_value(2000)
+    at.button(key="viz_start_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state["inside_job"]
+    assert job.running
+    assert at.button(key="viz_start_button").disabled  # drawn again after the start: no second start
+    assert at.button(key="inside_stop")  # Stop stays available
+    # A double click: the browser sent the second click before it drew the disabled button, so the click
+    # reaches a run in which the job already runs.
+    stale = at.button(key="viz_start_button")
+    stale.proto.disabled = False
+    stale.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["inside_job"] is job and job.running and not job.stop_event.is_set()
+    assert at.button(key="viz_start_button").disabled
+    at.button(key="inside_stop").click().run()
+    _wait_for_result(at)
+    assert at.session_state["inside_job"] is job
+    assert not at.button(key="viz_start_button").disabled
+
+
+def test_start_job_never_restarts_a_running_or_just_started_job(monkeypatch):
+    import threading
+
+    from ui import inside as ui_inside
+
+    class Run:
+        id, class_names = "r", ["a"]
+
+    state: dict = {}
+    monkeypatch.setattr(ui_inside.st, "session_state", state)
+    release = threading.Event()
+    running = ui_inside.VisualizationJob("r", None, thread=threading.Thread(target=release.wait, daemon=True))
+    running.thread.start()
+    state[ui_inside.JOB] = running
+    try:
+        assert ui_inside.start_job(Run(), None, None) == (running, False)
+    finally:
+        release.set()
+        running.thread.join(5)
+    assert ui_inside.start_job(Run(), None, None) == (running, False)  # ended, but started a moment ago
+    assert state[ui_inside.JOB] is running
+
+
 # ---- an imported model with a nested backbone -----------------------------------------------------
 
 

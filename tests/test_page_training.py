@@ -145,3 +145,18 @@ def test_compare_runs_of_different_classes_apart(own_workspace, monkeypatch):
     assert {c for c in second.columns if c.startswith("F1 ")} == {"F1 cat", "F1 dog", "F1 eel"}
     legend = [t["name"] for t in plots(at)[-1]["data"]]
     assert max(len(n) for n in legend) <= 34 and legend[-1].endswith("#beef")
+
+
+def test_compare_runs_shows_whole_epochs_and_a_dash_for_an_imported_run(own_workspace, monkeypatch):
+    (base,) = runs.list_runs(own_workspace)
+    imported = runs.runs_dir(own_workspace) / (base.id[:-4] + "f00d")
+    shutil.copytree(base.path, imported)
+    meta = json.loads((imported / "run.json").read_text())
+    meta.update(source="imported", epochs_trained=None)  # an imported model: no epochs known
+    (imported / "run.json").write_text(json.dumps(meta))
+    at = open_page("pages/2_Training.py", own_workspace, monkeypatch)
+    at.multiselect(key="compare_runs").set_value([base.id, imported.name]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (table,) = compare_tables(at)
+    assert table.loc[base.id, "epochs"] == "3" and table.loc[imported.name, "epochs"] == "—"
+    assert table.loc[imported.name, "source"] == "imported"

@@ -183,6 +183,30 @@ def test_explain_overlay_and_raw_map(server):
         ),
         ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"alpha": "7"}, 422, "alpha"),
         ("/feedback", {"file": ("x.png", png(40, 30), "image/png")}, {"flag_type": "meh"}, 400, "flag_type"),
+        ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"class": "²"}, 400, "unknown class"),
+        ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"class": "-1"}, 400, "unknown class"),
+        ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"params": "[" * 3000 + "]" * 3000}, 400, "json"),
+        (
+            "/feedback",
+            {"file": ("x.png", png(40, 30), "image/png")},
+            {"flag_type": "shortcut", "params": '{"a": NaN}'},
+            400,
+            "nan is not a number",
+        ),
+        (
+            "/feedback",
+            {"file": ("x.png", png(40, 30), "image/png")},
+            {"flag_type": "shortcut", "params": '{"a": 1e999}'},
+            400,
+            "not a finite number",
+        ),
+        (
+            "/feedback",
+            {"file": ("x.png", png(40, 30), "image/png")},
+            {"flag_type": "shortcut", "params": "[" * 3000 + "]" * 3000},
+            400,
+            "nested too deeply",
+        ),
         ("/predict", {"file": ("x.png", png(40, 30), "image/png")}, {"run_id": "nope"}, 400, "['run_id']"),
         ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"class_name": "dog"}, 400, "['class_name']"),
         (
@@ -281,7 +305,7 @@ def test_home_shows_the_running_server(server, monkeypatch):
     at = open_page(None, server["workspace"], monkeypatch)
     (answer,) = [s.value for s in at.success if "An API server answers" in s.value]
     assert server["url"] in answer and server["run"].id in answer
-    assert any(f"python -m core serve --run {server['run'].id}" in c.value for c in at.code)
+    assert any(f"-m core serve --workspace {server['workspace']} --run {server['run'].id}" in c.value for c in at.code)
 
 
 def test_home_says_when_no_server_answers(server, monkeypatch):

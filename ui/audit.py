@@ -3,6 +3,8 @@ progress bar, and the page's figures (plotly, pure functions of the saved result
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -11,12 +13,13 @@ from core import runs
 
 REGION_LABELS = {
     "border": "border band",
-    "top_left": "top-left",
-    "top_right": "top-right",
-    "bottom_left": "bottom-left",
-    "bottom_right": "bottom-right",
+    "top_left": "top-left corner",
+    "top_right": "top-right corner",
+    "bottom_left": "bottom-left corner",
+    "bottom_right": "bottom-right corner",
     "centre": "centre",
 }
+"""The chart's and the table's name of each region: `core.audit.flag_text` names regions the same way."""
 
 
 def _stamp(run: runs.Run, *names: str) -> tuple:
@@ -32,9 +35,13 @@ def _stamp(run: runs.Run, *names: str) -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _saved_audit(run_path: str, stamp: tuple):
-    from core.audit import load_audit
+    from core.audit import flag_text, load_audit
 
-    return load_audit(runs.read_run(run_path))
+    report = load_audit(runs.read_run(run_path))
+    for name, entry in (report or {}).get("classes", {}).items():
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # today's words, also for an older audit
+            entry["text"] = flag_text(name, entry)
+    return report
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -116,9 +123,20 @@ def shares_figure(report: dict) -> go.Figure:
     return fig
 
 
+def method_title(method: str) -> str:
+    """A method's title (as on every other page), or its id when the registry no longer has it."""
+    from core.explain import describe
+
+    try:
+        return describe(method)["title"]
+    except (KeyError, ValueError):
+        return method
+
+
 def agreement_figure(agreement: dict) -> go.Figure:
+    """The methods' mean rank correlation, each method named by its title."""
     matrix = np.asarray(agreement["matrix"], dtype=float)
-    names = agreement["methods"]
+    names = [method_title(m) for m in agreement["methods"]]
     fig = go.Figure(
         go.Heatmap(
             z=matrix,

@@ -148,7 +148,7 @@ def method_cell(
 ) -> None:
     """One method's cell: title, overlay (with the ground-truth mask's outline, when given: a boolean mask
     at the picture's size) and heatmap at the picture's aspect, colour bar, raw range and units (flagged
-    when there is no signal), time, what it shows, PNG downloads."""
+    when there is no signal), time, what it shows, PNG downloads (short labels that fit three columns)."""
     from core.visualize import colorize, overlay, png_bytes, resize_map
 
     st.markdown(f"**{info['title']}**")
@@ -174,22 +174,26 @@ def method_cell(
     st.caption(f"{result.seconds * 1000:.0f} ms · {info['description']}")
     left, right = st.columns(2, gap="small")
     left.download_button(
-        "Overlay PNG",
+        "Overlay",
         png_bytes(blended),
         file_name=f"{result.method}_overlay.png",
         mime="image/png",
         key=f"{key}_overlay_png",
         on_click="ignore",
         icon=":material/download:",
+        help="Download the overlay as a PNG file, at the picture's size.",
+        width="stretch",
     )
     right.download_button(
-        "Heatmap PNG",
+        "Heatmap",
         png_bytes(heatmap),
         file_name=f"{result.method}_heatmap.png",
         mime="image/png",
         key=f"{key}_heatmap_png",
         on_click="ignore",
         icon=":material/download:",
+        help="Download the heatmap as a PNG file, at the picture's size.",
+        width="stretch",
     )
 
 
@@ -248,8 +252,14 @@ def ranking_text(scores: dict, reference: dict, infos: dict) -> str:
     )
 
 
+CURVES_KEY = ":red[deletion] · :blue[insertion] · solid: this map · dotted: a random map"
+"""The one line under each curves chart that names its four lines (the Audit page's Trust curves draw the same)."""
+
+
 def curves_chart(score: dict, reference: dict):
-    """A small plot of one map's deletion and insertion curves, the random map's as dotted lines."""
+    """A small plot of one map's deletion and insertion curves, the random map's as dotted lines: the same
+    colours, dashes and names as the Audit page's Trust curves (`ui.audit.curves_figure`). Too narrow for a
+    legend at three columns: `CURVES_KEY` names the lines under it."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -257,12 +267,14 @@ def curves_chart(score: dict, reference: dict):
     for kind, colour in (("deletion", "#d62728"), ("insertion", "#1f77b4")):
         fig.add_trace(go.Scatter(x=x, y=score[f"{kind}_curve"], name=kind, line=dict(color=colour)))
         fig.add_trace(
-            go.Scatter(x=x, y=reference[f"{kind}_curve"], name=f"{kind}, random", line=dict(color=colour, dash="dot"))
+            go.Scatter(
+                x=x, y=reference[f"{kind}_curve"], name=f"{kind}, random map", line=dict(color=colour, dash="dot")
+            )
         )
     fig.update_layout(
         height=170,
         margin=dict(l=10, r=10, t=10, b=10),
-        xaxis_title="share of pixels changed",
+        xaxis_title="fraction of pixels changed",
         yaxis_title="p(class)",
         yaxis_range=[0, 1.02],
         showlegend=False,
@@ -283,6 +295,7 @@ def evidence(result, score: dict | None, reference: dict | None, mask, key: str)
             "higher is better)"
         )
         st.plotly_chart(curves_chart(score, reference), key=f"{key}_curves", config={"displayModeBar": False})
+        st.caption(CURVES_KEY)
     if mask is not None and result.saliency is not None and mask.any():
         scores = trust.localisation(result.saliency, mask)
         st.caption(

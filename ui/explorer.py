@@ -114,8 +114,16 @@ def render_calibration(run: runs.Run, predictions: pd.DataFrame) -> None:
         help="Mean squared distance between the probability vector and the one-hot label: 0 is perfect, 2 the worst.",
     )
     if after is not None:
+        change = after["ece"] - before["ece"]
         cols[2].metric(
-            "ECE after temperature scaling", f"{after['ece']:.3f}", f"T = {fit['temperature']:.2f}", delta_color="off"
+            f"ECE after temperature scaling (T = {fit['temperature']:.2f})",
+            f"{after['ece']:.3f}",
+            f"{change:+.3f}",
+            delta_color="inverse",  # lower is better: a fall shows green
+            help=(
+                "ECE once every logit is divided by the temperature T fitted on the validation split; the change "
+                "below is after minus before (lower is better)."
+            ),
         )
     st.plotly_chart(explorer_charts.reliability_diagram(before, after), key="reliability_diagram")
     if fit_error:
@@ -123,7 +131,7 @@ def render_calibration(run: runs.Run, predictions: pd.DataFrame) -> None:
     elif fit is not None:
         st.caption(
             f"Temperature fitted on the validation split ({fit['n_images']} images): validation log-loss "
-            f"{fit['log_loss_before']:.3f} -> {fit['log_loss_after']:.3f}. The model is never changed."
+            f"{max(0.0, fit['log_loss_before']):.3f} -> {max(0.0, fit['log_loss_after']):.3f}. The model is never changed."
         )
         if saved_fit:
             st.success(f"Calibrated probabilities (T = {saved_fit['temperature']:.2f}) are saved with this run.")
@@ -321,8 +329,26 @@ def _cell_maps(run_path: str, stamp: int, paths: tuple, true_index: int, predict
     return audit.confusion_cell_maps(_model(run_path, stamp), list(paths), true_index, predicted_index, list(methods))
 
 
-def render_drilldown(run: runs.Run, predictions: pd.DataFrame, limit: int = 8) -> None:
-    """Choose a confusion-matrix cell (true A, predicted B): its images, each with its maps for A and for B."""
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumbnail(path: str, side: int):
+    """The image scaled to fit ``side`` pixels (uint8), or None when it cannot be read."""
+    from core.data import ImageError, load_thumbnail
+
+    try:
+        return load_thumbnail(path, side)
+    except (ImageError, OSError):
+        return None
+
+
+def drilldown_keys(run: runs.Run) -> tuple[str, str]:
+    """The widget keys of the drill-down's cell (true class, predicted class): one pair per run, so another
+    run starts at its own largest confusion instead of the previous run's cell."""
+    return f"drill_true_{run.id}", f"drill_pred_{run.id}"
+
+
+def render_drilldown(run: runs.Run, predictions: pd.DataFrame, limit: int = 8, thumbnail: int = 96) -> None:
+    """Choose a confusion-matrix cell (true A, predicted B): its images straight away (the ``limit`` most
+    confident), and on request each with its maps for A and for B (all pictures drawn at the same width)."""
     from core.explain import METHODS, describe
     from core.visualize import overlay
     from ui.common import model_stamp
@@ -331,9 +357,10 @@ def render_drilldown(run: runs.Run, predictions: pd.DataFrame, limit: int = 8) -
     cells = predictions.groupby(["true_class", "pred_class"]).size()
     off_diagonal = cells[[a != b for a, b in cells.index]]
     default_true, default_pred = off_diagonal.idxmax() if len(off_diagonal) else cells.idxmax()
+    true_key, pred_key = drilldown_keys(run)
     left, right, third = st.columns(3)
-    true_class = left.selectbox("True class", names, index=names.index(default_true), key="drill_true")
-    pred_class = right.selectbox("Predicted class", names, index=names.index(default_pred), key="drill_pred")
+    true_class = left.selectbox("True class", names, index=names.index(default_true), key=true_key)
+    pred_class = right.selectbox("Predicted class", names, index=names.index(default_pred), key=pred_key)
     methods = third.multiselect(
         "Methods", list(METHODS), default=["gradcam"], format_func=lambda m: describe(m)["title"], key="drill_methods"
     )
@@ -342,10 +369,24 @@ def render_drilldown(run: runs.Run, predictions: pd.DataFrame, limit: int = 8) -
         f"{len(cell)} test image(s) of **{true_class}** predicted **{pred_class}**"
         + (f"; the {limit} most confident are shown" if len(cell) > limit else "")
     )
-    if cell.empty or not methods:
+    if cell.empty:
         return
     cell = cell.sort_values("confidence", ascending=False).head(limit)
-    if not st.toggle("Explain these images", key="drill_explain", help="Computes each method twice per image."):
+    explain = st.toggle(
+        "Explain these images",
+        key="drill_explain",
+        disabled=not methods,
+        help="Adds each method's maps for both classes beside every image (each method runs twice per image).",
+    )
+    if not (explain and methods):
+        pictures = [(_thumbnail(path, thumbnail), path, p) for path, p in zip(cell["path"], cell["confidence"])]
+        pictures = [(image, path, p) for image, path, p in pictures if image is not None]
+        if pictures:
+            st.image(
+                [image for image, _, _ in pictures],
+                caption=[f"{pred_class} {p:.3f}" for _, _, p in pictures],  # fits under a thumbnail
+                width=thumbnail,
+            )
         return
     result = _cell_maps(
         str(run.path),
@@ -366,7 +407,9 @@ def render_drilldown(run: runs.Run, predictions: pd.DataFrame, limit: int = 8) -
                 columns[1 + 2 * j].error(maps["error"])
                 continue
             title = describe(method)["title"]
-            columns[1 + 2 * j].image(overlay(images[i], maps["true"][i]), caption=f"{title}: {true_class} (true)")
+            columns[1 + 2 * j].image(
+                overlay(images[i], maps["true"][i]), caption=f"{title}: {true_class} (true)", width="stretch"
+            )
             columns[2 + 2 * j].image(
-                overlay(images[i], maps["predicted"][i]), caption=f"{title}: {pred_class} (predicted)"
+                overlay(images[i], maps["predicted"][i]), caption=f"{title}: {pred_class} (predicted)", width="stretch"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ui import common
 
 JOB = "inside_job"
 POLL_SECONDS = 0.5
+DOUBLE_CLICK_SECONDS = 1.0  # a second Start this soon after the last one is the same click (the job may be done)
 
 
 def pick_image(run: runs.Run, frame, height: int, width: int) -> tuple[np.ndarray, str]:
@@ -99,6 +101,7 @@ class VisualizationJob:
     result: object = None  # core.inside.Visualization
     error: str | None = None
     thread: threading.Thread | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def running(self) -> bool:
@@ -112,15 +115,17 @@ def current_job() -> VisualizationJob | None:
     return st.session_state.get(JOB)
 
 
-def start_job(run: runs.Run, net, settings, start_image=None) -> VisualizationJob:
-    """Starts `core.inside.visualize` in a daemon thread (stopping one still running first); the job is kept
-    in session state."""
+def start_job(run: runs.Run, net, settings, start_image=None) -> tuple[VisualizationJob, bool]:
+    """Starts `core.inside.visualize` in a daemon thread; the job is kept in session state.
+
+    Never restarts: while a job runs, or within DOUBLE_CLICK_SECONDS of the last start (a double click),
+    nothing starts. Returns ``(job, started)``: the new job and True, or the current one and False.
+    """
     from core.inside import InsideError, visualize
 
     previous = current_job()
-    if previous is not None and previous.running:
-        previous.stop()
-        previous.thread.join(timeout=30)
+    if previous is not None and (previous.running or time.monotonic() - previous.started_at < DOUBLE_CLICK_SECONDS):
+        return previous, False
 
     job = VisualizationJob(run.id, settings)
 
@@ -145,7 +150,7 @@ def start_job(run: runs.Run, net, settings, start_image=None) -> VisualizationJo
     job.thread = threading.Thread(target=work, name="class-visualisation", daemon=True)
     st.session_state[JOB] = job
     job.thread.start()
-    return job
+    return job, True
 
 
 def score_curve(scores: np.ndarray):
@@ -220,6 +225,7 @@ def _job_panel() -> None:
         )
         st.progress(min(1.0, job.step / total), text=text)
         st.button("Stop", key="inside_stop", icon=":material/stop:", on_click=job.stop)
+        st.caption("Start is available again once this visualisation has finished or stopped.")
         return
     if job.error:
         st.error(job.error)

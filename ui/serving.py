@@ -1,8 +1,8 @@
 """Streamlit glue for feedback, the report and the API: cached loaders and the Explainer's "Flag this" form
 (the Embeddings page has its own glue, `ui.embeddings`).
 
-render_flag_form(run, image, prediction, method, params, explained_class)   # on the Explainer page
-render_api_status()                                                          # a Serve section (Home)
+render_flag_form(run, image, prediction, method, params, explained_class, true_class)  # on the Explainer page
+render_api_status()                                                                      # a Serve section (Home)
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import shlex
 import urllib.request
 
 import numpy as np
@@ -40,7 +41,23 @@ def _image_key(image) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def render_flag_form(run: runs.Run, image, prediction, method: str | None, params: dict | None, explained_class):
+def default_flag_type(predicted: str | None, true_class: str | None) -> str:
+    """The flag type offered first: "Implausible explanation" when the prediction is right (the true class is
+    known and predicted), otherwise "Wrong prediction"."""
+    if true_class is not None and predicted is not None and str(true_class) == str(predicted):
+        return "implausible_explanation"
+    return "wrong_prediction"
+
+
+def render_flag_form(
+    run: runs.Run,
+    image,
+    prediction,
+    method: str | None,
+    params: dict | None,
+    explained_class,
+    true_class=None,
+):
     """A "Flag this" form: flag type, the correct class if known, a comment; stores the flag with the image.
 
     Args:
@@ -49,17 +66,23 @@ def render_flag_form(run: runs.Run, image, prediction, method: str | None, param
         prediction: {class: probability}, an API answer with "probabilities", or a (C,) probability array.
         method, params: the explanation shown (None if none).
         explained_class: the class explained, a name or an index into the run's classes.
+        true_class: the image's known class (a name or an index), or None: when it is the predicted class the
+            form offers "Implausible explanation" first, else "Wrong prediction".
     """
     probabilities = _probabilities(run, prediction)
     predicted = max(probabilities, key=probabilities.get) if probabilities else None
     if isinstance(explained_class, (int, np.integer)):
         explained_class = run.class_names[int(explained_class)]
+    if isinstance(true_class, (int, np.integer)):
+        true_class = run.class_names[int(true_class)]
+    types = list(feedback.FLAG_TYPES)
     key = f"flag_{run.id}_{_image_key(image)}_{method}"
     with st.expander("Flag this prediction or explanation", icon=":material/flag:"):
         with st.form(key=key, clear_on_submit=True):
             flag_type = st.radio(
                 "What is wrong?",
-                list(feedback.FLAG_TYPES),
+                types,
+                index=types.index(default_flag_type(predicted, true_class)),
                 format_func=feedback.FLAG_TYPES.get,
                 key=f"{key}_type",
                 horizontal=True,
@@ -148,7 +171,8 @@ def render_api_status(run: runs.Run | None = None, url: str | None = None) -> No
     """A Serve section: the command that starts the REST API and whether one answers at ``url``."""
     url = url or api_url()
     run_arg = f" --run {run.id}" if run is not None else ""
-    st.code(f"python -m core serve{run_arg} --port 8000", language="bash")
+    workspace_arg = f" --workspace {shlex.quote(str(workspace()))}"
+    st.code(f".venv/bin/python -m core serve{workspace_arg}{run_arg} --port 8000", language="bash")
     health = api_health(url)
     if health:
         loaded = ", ".join(health.get("runs_loaded", [])) or "none yet"
