@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from collections.abc import Callable
+
+from core.cli_serve import integer, number
 
 
 def _add_workspace(parser: argparse.ArgumentParser) -> None:
@@ -30,38 +30,10 @@ def _add_mlflow(parser: argparse.ArgumentParser) -> None:
 
 
 # ---- numbers checked when parsed: "argument --seed: must be 0 or more. Received: -5" --------------
+# (defined in core.cli_serve, which every cli_* module can import without importing this one)
 
-
-def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number. Received: {text!r}") from None
-        if value < low or (high is not None and value > high):
-            expected = f"between {low} and {high}" if high is not None else f"{low} or more"
-            raise argparse.ArgumentTypeError(f"must be {expected}. Received: {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def _number(low: float, high: float, low_open: bool = False, high_open: bool = True) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from None
-        too_low = value <= low if low_open else value < low
-        too_high = value >= high if high_open else value > high
-        if not math.isfinite(value) or too_low or too_high:
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise argparse.ArgumentTypeError(f"must be in {interval}. Received: {text}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
+_integer = integer
+_number = number
 
 
 SEED = _integer(0, 2**32 - 1)
@@ -69,9 +41,11 @@ FRACTION = _number(0.0, 1.0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core import demo, runs
+    from core import runs
 
-    workspace = runs.workspace_dir(args.workspace)
+    workspace = runs.check_workspace(args.workspace, write=True)
+    from core import demo
+
     if args.shortcut:
         from core import shortcut_demo
 
@@ -123,13 +97,17 @@ def _print_epoch(info: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core import jobs, runs
+    from core import runs
 
-    workspace = runs.workspace_dir(args.workspace)
+    workspace = runs.check_workspace(args.workspace, write=True)
     if not args.job:
+        _check_mlflow(args, workspace)  # before TensorFlow is imported
         return _train(args, workspace)
+    from core import jobs
+
     try:
         with jobs.reporting(workspace, args.job) as reporter:
+            _check_mlflow(args, workspace)  # a refusal is the job's failure, shown on the Training page
             return _train(args, workspace, reporter)
     except jobs.JobCancelled as exc:
         print(str(exc))
@@ -212,18 +190,33 @@ def _outcome(run, label: str = "Run") -> str:
 
 def cmd_import_model(args: argparse.Namespace) -> int:
     from core import runs
+
+    workspace = runs.check_workspace(args.workspace, write=True)
+    _check_mlflow(args, workspace)  # before the model is loaded and evaluated
     from core.importing import import_run
 
     class_names = args.class_names.split(",") if args.class_names else None
-    run = import_run(
-        runs.workspace_dir(args.workspace), args.model, args.data, args.preprocess, class_names, name=args.name
-    )
+    run = import_run(workspace, args.model, args.data, args.preprocess, class_names, name=args.name)
     print(_outcome(run))
     print(f"Saved in {run.path}")
-    tracker = _tracker(args, runs.workspace_dir(args.workspace))
+    tracker = _tracker(args, workspace)
     if tracker is not None:
         _print_tracking(tracker.finish(run))
     return 0
+
+
+def _check_mlflow(args: argparse.Namespace, workspace) -> None:
+    """``--mlflow URI`` checked before any work (no MLflow imported, nothing created): a malformed URI, an
+    unknown scheme or a local store whose folder is missing is an error; a server that does not answer
+    only a warning once training runs (`core.tracking.RunTracker`)."""
+    if args.mlflow is None:
+        return
+    from core import tracking_store
+
+    try:
+        tracking_store.check_uri(args.mlflow, workspace)
+    except tracking_store.TrackingError as exc:
+        raise ValueError(f"--mlflow: {exc}") from None
 
 
 def _tracker(args: argparse.Namespace, workspace):
@@ -249,9 +242,10 @@ def _print_tracking(result: dict | None) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core import runs
+
+    run = runs.find_run(runs.check_workspace(args.workspace, write=True), args.run)  # run.json is updated
     from core.finishing import evaluate
 
-    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
     metrics = evaluate(run)
     runs.update_run(run, test_accuracy=metrics["accuracy"], roc_auc_macro=metrics["roc_auc_macro"])
     if args.json:

@@ -295,7 +295,11 @@ def run(args) -> int:
         raise ValueError("Expected --out, the output folder")
     if not args.image and not args.images:
         raise ValueError("Expected --image FILE or --images DIR_OR_FILE ...")
-    from core import sharding
+    from core import runs, sharding
+    from core.cli_serve import checked_out_folder
+
+    workspace = runs.check_workspace(args.workspace)
+    checked_out_folder(args.out)  # a folder (created), in a folder that exists
 
     if args.image and (args.strategy != "auto" or args.logical_cpus):
         raise ValueError("--strategy and --logical-cpus shard a batch of images: use them with --images, not --image")
@@ -307,9 +311,7 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out must be a folder. Received: {out}, an existing file")
 
-    from core import runs
-
-    run_ = runs.find_run(runs.workspace_dir(args.workspace), args.run)
+    run_ = runs.find_run(workspace, args.run)
     class_names = checked_class_names(run_)
     class_index = None
     if args.class_name is not None:

@@ -82,12 +82,12 @@ def run_audit(args) -> int:
     from core import runs
 
     sharding.check_options(args.strategy)  # before importing TensorFlow: a missing TF_CONFIG fails fast
+    run = runs.find_run(runs.check_workspace(args.workspace, write=True), args.run)  # audit.json is saved in it
     from core.audit import audit_run, summary_json
     from core.explain import METHODS  # importing runs no TensorFlow op: the CPU can still be split
 
     if args.method not in METHODS:
         raise ValueError(f"Unknown method {args.method!r}. Expected one of {list(METHODS)}")
-    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
     placement = sharding.make_placement(args.strategy, args.logical_cpus)  # before TensorFlow runs any op
     report = audit_run(
         run,
@@ -130,6 +130,8 @@ def run_audit(args) -> int:
 def run_trust(args) -> int:
     """The ``trust`` command: prints the per-method table (or JSON) and saves trust.json in the run."""
     from core import runs
+
+    run = runs.find_run(runs.check_workspace(args.workspace, write=True), args.run)  # trust.json is saved in it
     from core.audit import fast_params
     from core.explain import METHODS
     from core.trust_report import table_rows, trust_report
@@ -138,7 +140,6 @@ def run_trust(args) -> int:
     unknown = [m for m in methods or [] if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}. Expected some of {list(METHODS)}")
-    run = runs.find_run(runs.workspace_dir(args.workspace), args.run)
     report = trust_report(
         run,
         methods,

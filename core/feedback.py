@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
@@ -154,6 +155,61 @@ def connect(workspace, target: int = SCHEMA_VERSION) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     migrate(conn, target)
     return conn
+
+
+def _connect_read(workspace) -> sqlite3.Connection | None:
+    """A connection for reading flags, or None when the workspace has no feedback database yet (nothing
+    is created). The file is opened read-only (``mode=ro``, no WAL switch), so flags can be read from a
+    read-only workspace; an older schema is migrated when the database can be written, else read as is."""
+    path = db_path(workspace)
+    if not path.is_file():
+        return None
+    conn = _open_read_only(path)
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise FeedbackError(
+            f"The feedback database has schema version {version}, newer than this app's {SCHEMA_VERSION}."
+        )
+    if version < SCHEMA_VERSION:
+        conn.close()
+        try:
+            return connect(workspace)
+        except sqlite3.OperationalError:  # read-only: read the old schema (SELECT * returns its columns)
+            if version == 0:
+                return None
+            conn = _open_read_only(path)
+    return conn
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.OperationalError:
+        if _writable(path.parent):
+            raise
+        # A WAL database in a folder nobody may write: its -shm file cannot be created. Nothing can
+        # change the file there either, so it is read as immutable.
+        conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def _unwritable(workspace, exc: sqlite3.OperationalError) -> FeedbackError:
+    return FeedbackError(f"The feedback database {db_path(workspace)} cannot be written ({exc})")
 
 
 # ---- images --------------------------------------------------------------------------------------
@@ -316,26 +372,38 @@ def list_flags(
     if limit is not None:
         sql += " LIMIT ?"
         values.append(int(limit))
-    with closing(connect(workspace)) as conn:
+    conn = _connect_read(workspace)
+    if conn is None:
+        return []
+    with closing(conn):
         return [_decode(row) for row in conn.execute(sql, values)]
 
 
 def get_flag(workspace, flag_id: int) -> dict[str, Any] | None:
-    with closing(connect(workspace)) as conn:
+    conn = _connect_read(workspace)
+    if conn is None:
+        return None
+    with closing(conn):
         row = conn.execute("SELECT * FROM flags WHERE id = ?", (int(flag_id),)).fetchone()
     return _decode(row) if row else None
 
 
 def count_flags(workspace) -> int:
-    with closing(connect(workspace)) as conn:
+    conn = _connect_read(workspace)
+    if conn is None:
+        return 0
+    with closing(conn):
         return int(conn.execute("SELECT COUNT(*) FROM flags").fetchone()[0])
 
 
 def counts(workspace, run_id: str | None = None) -> dict[str, dict[str, int]]:
     """``{"by_type": {type: n}, "by_class": {predicted class: n}, "by_correct_class": {class: n}}``."""
     where, values = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-    result = {}
-    with closing(connect(workspace)) as conn:
+    result: dict[str, dict[str, int]] = {"by_type": {}, "by_class": {}, "by_correct_class": {}}
+    conn = _connect_read(workspace)
+    if conn is None:
+        return result
+    with closing(conn):
         for key, column in (
             ("by_type", "flag_type"),
             ("by_class", "predicted_class"),
@@ -349,9 +417,22 @@ def counts(workspace, run_id: str | None = None) -> dict[str, dict[str, int]]:
 
 
 def delete_flag(workspace, flag_id: int) -> bool:
-    """Deletes one flag; its image goes too when no other flag refers to it. True if a flag was deleted."""
-    with closing(connect(workspace)) as conn:
-        conn.execute("BEGIN IMMEDIATE")
+    """Deletes one flag; its image goes too when no other flag refers to it. True if a flag was deleted.
+
+    Raises:
+        FeedbackError: the database cannot be written (a read-only workspace, say).
+    """
+    if not db_path(workspace).is_file():
+        return False  # no flags at all: nothing created
+    try:
+        conn = connect(workspace)
+    except sqlite3.OperationalError as exc:
+        raise _unwritable(workspace, exc) from None
+    with closing(conn):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _unwritable(workspace, exc) from None
         try:
             row = conn.execute("SELECT image_file FROM flags WHERE id = ?", (int(flag_id),)).fetchone()
             if row is None:

@@ -244,8 +244,14 @@ def build_report(run: runs.Run, methods: list[str] | None = None, per_class: int
 
 
 def write_report(run: runs.Run, out, methods: list[str] | None = None, per_class: int = 2) -> Path:
-    """Builds the report and writes it atomically to ``out``; returns the path."""
+    """Builds the report and writes it atomically to ``out``; returns the path.
+
+    Raises:
+        ReportError: ``out`` is a folder (checked before the report is built).
+    """
     out = Path(out)
+    if out.is_dir():
+        raise ReportError(f"{out} is a folder: give a file path for the report")
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(out, build_report(run, methods, per_class))
     return out

@@ -63,6 +63,40 @@ def workspace_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def check_workspace(path: str | os.PathLike | None = None, write: bool = False) -> Path:
+    """The workspace (`workspace_dir`), checked before any work: not a file, and writable when ``write``
+    (a temporary file is created and removed in it, or in its nearest existing parent when it does not
+    exist yet: a new workspace is created there).
+
+    Raises:
+        RunError: ``--workspace X is a file, not a folder`` or ``the workspace X is read-only ...``.
+    """
+    chosen = path or os.environ.get("XAI_WORKSPACE") or "workspace"
+    named = f"--workspace {chosen}" if path else f"the workspace {chosen}"
+    workspace = workspace_dir(path)
+    existing = workspace
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == workspace else f" ({existing} is a file)"
+        raise RunError(f"{named} is a file, not a folder" if not where else f"{named} is not a folder{where}")
+    if write:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if existing != workspace:
+                raise RunError(
+                    f"the workspace {workspace} cannot be created: {existing} is read-only ({reason})"
+                ) from None
+            raise RunError(
+                f"the workspace {workspace} is read-only ({reason}): choose a writable one with --workspace"
+            ) from None
+    return workspace
+
+
 def runs_dir(workspace: str | os.PathLike) -> Path:
     return Path(workspace) / "runs"
 

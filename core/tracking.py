@@ -43,6 +43,7 @@ from core.tracking_store import (  # re-exported: callers need only core.trackin
     DB_FILE,
     DEFAULT,
     TrackingError,
+    check_uri,
     connect,
     default_uri,
     ensure_experiment,
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT",
     "RunTracker",
     "TrackingError",
+    "check_uri",
     "connect",
     "default_uri",
     "final_metrics",
@@ -394,6 +396,7 @@ class RunTracker:
         self.run: runs.Run | None = None
         self.result: dict | None = None
         self.error: str | None = None
+        self._told: set[str] = set()  # failures already given to on_error
 
     def callbacks(self, run: runs.Run) -> list:
         self.run = run
@@ -425,9 +428,12 @@ class RunTracker:
         return self.result
 
     def _failed(self, run: runs.Run, exc: Exception) -> None:
-        self.error = str(exc) if isinstance(exc, TrackingError) else short_error(exc)
-        warning = record_failure(run, self.error, self.tracking_uri)
-        if self.on_error is not None:
+        error = str(exc) if isinstance(exc, TrackingError) else short_error(exc)
+        told = error in self._told  # the same failure when training starts and when it ends: told once
+        self.error = error
+        warning = record_failure(run, error, self.tracking_uri)
+        self._told.add(error)
+        if self.on_error is not None and not told:
             self.on_error(warning)
 
 

@@ -31,6 +31,7 @@ PROBE_SECONDS = 5.0  # a tracking server that does not answer /health within thi
 EXPECTED_URIS = (
     "Expected sqlite:///<path>.db, file:///<folder>, http(s)://host:port, or nothing (the workspace's own store)."
 )
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a plain path ending so is a SQLite database
 OTHER_SCHEMES = ("databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql")  # MLflow's own stores
 
 
@@ -73,24 +74,107 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(unquote(rest[1:]))
 
 
-def resolve_uri(tracking_uri: str | None, workspace: str | os.PathLike | None = None) -> str:
-    """The tracking URI to use: the workspace's own store for None, ``""`` or ``"default"``; relative
-    paths made absolute (a recorded URI then works from any folder); local folders created.
+def _parts(text: str):
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise TrackingError(f"Malformed MLflow tracking URI {redact_text(text)!r} ({exc}). {EXPECTED_URIS}") from None
+    return parts
+
+
+def redact_text(text: str) -> str:
+    """`redact`, for text that may not even parse as a URI."""
+    try:
+        return redact(text)
+    except ValueError:
+        return text.split("@", 1)[-1] if "@" in text else text
+
+
+def _missing_folder(text: str, folder: Path) -> TrackingError:
+    if folder.exists():
+        return TrackingError(
+            f"The MLflow tracking store {redact(text)!r} cannot be created: {folder} is a file, not a folder"
+        )
+    return TrackingError(
+        f"The MLflow tracking store {redact(text)!r} cannot be created: the folder {folder} does not exist "
+        "(create it first, or correct the path)"
+    )
+
+
+def _check_database(text: str, database: Path) -> None:
+    if database.is_dir():
+        raise TrackingError(
+            f"The MLflow tracking store {redact(text)!r} cannot be used: {database} is a folder, not a database file"
+        )
+    if not database.parent.is_dir():
+        raise _missing_folder(text, database.parent)
+
+
+def _check_folder_store(text: str, folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise TrackingError(
+            f"The MLflow tracking store {redact(text)!r} cannot be used: {folder} is a file, not a folder"
+        )
+    if not folder.parent.is_dir():
+        raise _missing_folder(text, folder.parent)
+
+
+def check_uri(tracking_uri: str | None, workspace: str | os.PathLike | None = None) -> None:
+    """Checks a tracking URI before any work, creating nothing and importing no MLflow: a known scheme, a
+    well-formed address, and for local stores a database path that is not a folder and whose folder exists
+    (a typo in a path is refused, not created; the workspace's own store may be created). A tracking
+    server is not contacted here: one that does not answer is a warning when tracking starts.
 
     Raises:
-        TrackingError: a folder cannot be created, or an http(s) server does not answer.
+        TrackingError: what is wrong, in one line.
     """
     text = (tracking_uri or "").strip()
+    if not text or text == DEFAULT:
+        return
+    parts = _parts(text)
+    scheme = parts.scheme.lower()
+    if not scheme:  # a plain path: a database file or a file store folder
+        path = Path(text).expanduser().resolve()
+        if path.suffix in DB_SUFFIXES:
+            _check_database(text, path)
+        else:
+            _check_folder_store(text, path)
+    elif scheme == "sqlite":
+        database = sqlite_file(text)
+        if database is not None:
+            _check_database(text, database.expanduser().resolve())
+    elif scheme == "file":
+        _check_folder_store(text, Path(unquote(parts.path)).expanduser().resolve())
+    elif scheme in ("http", "https"):
+        if not parts.hostname:
+            raise TrackingError(f"Malformed MLflow tracking URI {redact(text)!r}: no host. {EXPECTED_URIS}")
+    elif scheme.split("+", 1)[0] not in OTHER_SCHEMES:
+        raise TrackingError(f"Unknown MLflow tracking URI scheme {scheme!r}. Received: {redact(text)}. {EXPECTED_URIS}")
+
+
+def resolve_uri(tracking_uri: str | None, workspace: str | os.PathLike | None = None) -> str:
+    """The tracking URI to use: the workspace's own store for None, ``""`` or ``"default"`` (its folder
+    created); relative paths made absolute (a recorded URI then works from any folder); a file store's
+    folder created, never a missing parent (`check_uri`).
+
+    Raises:
+        TrackingError: a bad URI (`check_uri`), a folder that cannot be created, or an http(s) server
+            that does not answer.
+    """
+    text = (tracking_uri or "").strip()
+    check_uri(text, workspace)
+    shown = text
     try:
         if not text or text == DEFAULT:
+            shown = default_uri(workspace)
             folder = store_dir(workspace)
             folder.mkdir(parents=True, exist_ok=True)
             return default_uri(workspace)
         scheme = urlsplit(text).scheme.lower()
         if not scheme:  # a plain path: a database file or a file store folder
             path = Path(text).expanduser().resolve()
-            if path.suffix in (".db", ".sqlite", ".sqlite3"):
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix in DB_SUFFIXES:
                 return f"sqlite:///{path}"
             return _file_store(path)
         if scheme == "sqlite":
@@ -98,26 +182,23 @@ def resolve_uri(tracking_uri: str | None, workspace: str | os.PathLike | None = 
             if database is None:
                 return text
             database = database.expanduser().resolve()
-            database.parent.mkdir(parents=True, exist_ok=True)
             query = text.split("?", 1)[1] if "?" in text else ""
             return f"sqlite:///{database}" + (f"?{query}" if query else "")
         if scheme == "file":
             return _file_store(Path(unquote(urlsplit(text).path)).expanduser().resolve())
     except OSError as exc:
-        raise TrackingError(f"The MLflow tracking store {text!r} cannot be created: {exc}") from exc
+        raise TrackingError(f"The MLflow tracking store {redact(shown)!r} cannot be created: {exc}") from exc
     if scheme in ("http", "https"):
         _probe(text)
         # A server that stops answering mid-way must not hold training for minutes (MLflow: 7 retries).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         return text.rstrip("/")
-    if scheme.split("+", 1)[0] not in OTHER_SCHEMES:
-        raise TrackingError(f"Unknown MLflow tracking URI scheme {scheme!r}. Received: {redact(text)}. {EXPECTED_URIS}")
     return text  # databricks, postgresql, ...: MLflow decides (and `connect` explains a refusal)
 
 
 def _file_store(path: Path) -> str:
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(exist_ok=True)  # its parent exists (`check_uri`)
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 refuses its file store unless asked
     return path.as_uri()
 

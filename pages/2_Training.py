@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from core import charts, jobs, runs, tracking
+from core import charts, jobs, runs
 from core.catalog import ARCHITECTURE_NAMES, ARCHITECTURE_SPECS, imagenet_weights_status
 from core.data import DatasetError
 from core.distribute import LR_RULES, STRATEGIES
@@ -15,28 +15,12 @@ from core.split_checks import split_problems, split_warnings
 from core.text import count
 from ui.common import SELECTED_RUN, dataset_index, folder_input, history, run_picker, setup_page, workspace
 from ui.drift import render_drift
+from ui.serving import mlflow_caption
 
 REQUEST_KEY = "train_request_id"  # one id per form submission: a double click or rerun starts one job
 STARTED_KEY = "train_started_jobs"  # jobs this session started, to show their outcome
 FLASH_KEY = "train_flash"  # (job id, what the start said, split warnings), shown above the jobs
 PRETRAINED = [name for name, spec in ARCHITECTURE_SPECS.items() if spec[0] is not None]
-
-
-def mlflow_caption(tracked_run: runs.Run, failures: bool = False) -> None:
-    """The run's MLflow run, linked, when it was tracked (and, with ``failures``, why tracking failed)."""
-    tracked = tracking.link(tracked_run)
-    if tracked is None:
-        return
-    if tracked["error"]:
-        if failures:
-            st.caption(f":material/warning: MLflow tracking failed: {tracked['error']}")
-        return
-    if tracked["run_id"]:
-        run_ref = f"[`{tracked['run_id']}`]({tracked['url']})" if tracked["url"] else f"`{tracked['run_id']}`"
-        opener = f" · open the store with `{tracked['ui_command']}`" if tracked["ui_command"] else ""
-        st.caption(
-            f"MLflow run {run_ref} · experiment {tracked['experiment_id']} · `{tracked['tracking_uri']}`{opener}"
-        )
 
 
 setup_page("Training", ":material/show_chart:")

@@ -7,7 +7,7 @@ from core import charts, evaluation
 from core.runs import RunError
 from ui import explorer
 from ui.common import metrics, predictions, require_run, setup_page
-from ui.serving import render_report_download
+from ui.serving import mlflow_caption, render_report_download
 
 setup_page("Evaluation", ":material/grid_on:")
 run = require_run()
@@ -65,6 +65,7 @@ with report_tab:
             st.dataframe(wrong[["path", "true_class", "pred_class", "confidence"]], hide_index=True)
 
     st.subheader("Share this run")
+    mlflow_caption(run)
     render_report_download(run)
 with calibration_tab:
     st.caption("Are the probabilities honest? A model that says 0.9 should be right 9 times out of 10.")

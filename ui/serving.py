@@ -3,6 +3,7 @@
 
 render_flag_form(run, image, prediction, method, params, explained_class, true_class)  # on the Explainer page
 render_api_status()                                                                      # a Serve section (Home)
+mlflow_caption(run)                                                                      # its MLflow run, linked
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.request
 import numpy as np
 import streamlit as st
 
-from core import feedback, runs
+from core import feedback, runs, tracking
 from ui.common import workspace
 
 NO_CLASS = "(not sure)"
@@ -224,4 +225,21 @@ def render_report_download(run: runs.Run) -> None:
             key="report_download",
             on_click="ignore",
             icon=":material/download:",
+        )
+
+
+def mlflow_caption(tracked_run: runs.Run, failures: bool = False) -> None:
+    """The run's MLflow run, linked, when it was tracked (and, with ``failures``, why tracking failed)."""
+    tracked = tracking.link(tracked_run)
+    if tracked is None:
+        return
+    if tracked["error"]:
+        if failures:
+            st.caption(f":material/warning: MLflow tracking failed: {tracked['error']}")
+        return
+    if tracked["run_id"]:
+        run_ref = f"[`{tracked['run_id']}`]({tracked['url']})" if tracked["url"] else f"`{tracked['run_id']}`"
+        opener = f" · open the store with `{tracked['ui_command']}`" if tracked["ui_command"] else ""
+        st.caption(
+            f"MLflow run {run_ref} · experiment {tracked['experiment_id']} · `{tracked['tracking_uri']}`{opener}"
         )
