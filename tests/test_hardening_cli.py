@@ -8,19 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 from PIL import Image
+from test_cli import run_main
 
 from core import runs
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    from core.__main__ import main
-
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

@@ -16,22 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import run_main
 
 from core import feedback, runs, tracking, tracking_store
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOT_WRITABLE = "/proc/self"  # a folder that even root cannot create files in (chmod does not stop root)
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    from core.__main__ import main
-
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(code: int, err: str) -> str:
