@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import data as data_lib
-from core.explain.graph import LayerPath, ScoreModel, conv_layer_paths, is_graph_model, walk_layers
+from core.explain.graph import LayerPath, ScoreModel, conv_layer_paths, is_graph_model, layer_at, walk_layers
 
 # Layers that return their input unchanged at inference: the features are read before them.
 _IDENTITY_AT_INFERENCE = (
@@ -94,17 +94,10 @@ class Extracted:
 # ----------------------------------------------------------------------------------------------
 
 
-def _container(model, path: LayerPath):
-    container = model
-    for name in path[:-1]:
-        container = container.get_layer(name)
-    return container
-
-
 def _input_producer(model, path: LayerPath) -> LayerPath | None:
     """The path of the layer whose output is the (first) input of the layer at ``path``, or None when that
     input is the model's own input. A layer first in a nested model is fed by what feeds the nested model."""
-    container = _container(model, path)
+    container = layer_at(model, path[:-1])
     layer = container.get_layer(path[-1])
     prefix = path[:-1]
     if isinstance(container, keras.Sequential):
@@ -139,7 +132,7 @@ def feature_layer(model) -> FeatureLayer:
             raise FeatureError(_opaque_message(model))
         return FeatureLayer(convs[-1], None)
     path = _input_producer(model, dense[-1])
-    while path is not None and isinstance(_container(model, path).get_layer(path[-1]), _IDENTITY_AT_INFERENCE):
+    while path is not None and isinstance(layer_at(model, path), _IDENTITY_AT_INFERENCE):
         path = _input_producer(model, path)
     if path is None:
         raise FeatureError(

@@ -288,7 +288,9 @@ def build_cache(
     order = cache_order(paths)
     dataset = decoded_dataset(paths, labels, size, routes, tracker, order=order).cache(str(temporary))
     complete = True
-    for number, _ in enumerate(dataset.as_numpy_iterator()):
+    for number, (_, _, index) in enumerate(dataset.as_numpy_iterator()):
+        if tracker is not None:  # delivered: the files this pass does not deliver are the skipped ones
+            tracker.seen(np.array([index]))
         if cancelled is not None and number % 64 == 0 and cancelled():
             complete = False
             break

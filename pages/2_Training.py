@@ -2,7 +2,6 @@
 runs compared like with like."""
 
 import contextlib
-import os
 
 import pandas as pd
 import streamlit as st
@@ -312,11 +311,10 @@ with new_tab:
                 cache=cache,
             )
             config.validate()
-            if strategy == "multiworker" and not os.environ.get("TF_CONFIG"):
-                raise ValueError(
-                    "The multiworker strategy needs TF_CONFIG (the cluster) in the dashboard's environment: "
-                    "start the dashboard with it, or train from the command line on each worker (see README)."
-                )
+            if strategy == "multiworker":
+                from core.multiworker import read_cluster
+
+                read_cluster()  # a missing or malformed TF_CONFIG, said here instead of in the job's log
             if config.weights == "imagenet":
                 available, message = imagenet_weights_status(arch, int(image_size))
                 if not available and not download:

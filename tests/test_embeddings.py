@@ -92,7 +92,10 @@ def test_a_model_whose_layers_cannot_be_read_is_refused():
         def call(self, x):
             return keras.ops.softmax(keras.ops.mean(x, axis=(1, 2)))
 
-    with pytest.raises(penultimate.FeatureError, match="cannot read the penultimate layer|SavedModel is opaque"):
+    with pytest.raises(
+        penultimate.FeatureError,
+        match=r"^Cannot read the penultimate layer of this model \(Opaque\).*SavedModel is opaque",
+    ):
         penultimate.feature_layer(Opaque())
 
 

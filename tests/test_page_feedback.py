@@ -139,3 +139,18 @@ def test_flag_form_defaults_to_the_likely_flag_type(tmp_path, monkeypatch, true_
     at.button[0].click().run()
     (flag,) = feedback.list_flags(tmp_path)
     assert flag["flag_type"] == expected and flag["method"] == "gradcam"
+
+
+def test_the_flag_form_predicts_as_the_runs_saved_threshold_does(tmp_path, monkeypatch):
+    """Square is the most probable (0.7), but the run's saved threshold predicts circle from 0.15 on: the form
+    stores circle as the prediction and, the true class being circle, offers "Implausible explanation"."""
+    run_dir = tmp_path / "runs" / "run-x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "threshold.json").write_text('{"class": "circle", "threshold": 0.15}')
+    monkeypatch.setenv("XAI_WORKSPACE", str(tmp_path))
+    at = AppTest.from_function(_flag_form_with_truth, args=(str(tmp_path), "circle"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio[0].value == "implausible_explanation"
+    at.button[0].click().run()
+    (flag,) = feedback.list_flags(tmp_path)
+    assert flag["predicted_class"] == "circle"

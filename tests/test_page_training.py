@@ -160,3 +160,20 @@ def test_compare_runs_shows_whole_epochs_and_a_dash_for_an_imported_run(own_work
     (table,) = compare_tables(at)
     assert table.loc[base.id, "epochs"] == "3" and table.loc[imported.name, "epochs"] == "—"
     assert table.loc[imported.name, "source"] == "imported"
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "words"),
+    [(None, "needs the cluster in the TF_CONFIG environment variable"), ("{oops", "TF_CONFIG is not valid JSON")],
+)
+def test_multiworker_without_a_usable_cluster_is_refused_on_the_page(app_workspace, monkeypatch, tf_config, words):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    at = open_page("pages/2_Training.py", app_workspace, monkeypatch)
+    at.selectbox(key="train_strategy").select("multiworker")
+    _submit(at)
+    assert not at.exception
+    assert any(words in e.value for e in at.error)
+    assert jobs.list_jobs(app_workspace) == []

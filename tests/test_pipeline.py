@@ -169,6 +169,23 @@ def test_the_cache_is_read_instead_of_the_files(tmp_path):
         np.testing.assert_array_equal(image, direct[label].astype(np.float32))
 
 
+def test_building_the_cache_counts_only_the_files_it_could_not_read(tmp_path):
+    """The cache build is a pass: readable files are delivered, only the broken one is counted as skipped."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(smooth_image(rng, 24, 24)).save(paths[-1])
+    routes = pipeline.plan_routes(paths)
+    Path(paths[2]).write_bytes(b"not a png any more")  # changed after the scan
+    tracker = pipeline.PassTracker(paths)
+    prefix = pipeline.cache_prefix(tmp_path / "cache", paths, (16, 16), routes)
+    assert pipeline.build_cache(paths, list(range(6)), (16, 16), routes, prefix, tracker)
+    assert tracker.delivered() == 5
+    assert [path for path, _ in tracker.end_pass()] == [paths[2]]
+    assert tracker.summary()["skipped_files"] == 1
+
+
 def test_image_batches_are_the_pillow_pixels_in_order(tmp_path, tiny_trained_run):
     paths = list(runs.load_predictions(tiny_trained_run)["path"])
     batches = list(pipeline.image_batches(paths, (32, 32), batch_size=4))

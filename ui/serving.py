@@ -37,6 +37,18 @@ def _probabilities(run: runs.Run, prediction) -> dict[str, float]:
     return {name: float(p) for name, p in zip(run.class_names, probs, strict=False)}
 
 
+def _predicted_class(run: runs.Run, probabilities: dict[str, float]) -> str | None:
+    """The class the run predicts from these probabilities: its saved decision threshold, else the most probable
+    (what the Explainer's headline and the API say)."""
+    if not probabilities:
+        return None
+    if set(run.class_names) <= set(probabilities):
+        from core.explorer import predicted_index
+
+        return run.class_names[int(predicted_index(run, [probabilities[c] for c in run.class_names])[0])]
+    return max(probabilities, key=probabilities.get)
+
+
 def _image_key(image) -> str:
     data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else np.ascontiguousarray(image).tobytes()
     return hashlib.sha256(data).hexdigest()[:12]
@@ -71,7 +83,7 @@ def render_flag_form(
             form offers "Implausible explanation" first, else "Wrong prediction".
     """
     probabilities = _probabilities(run, prediction)
-    predicted = max(probabilities, key=probabilities.get) if probabilities else None
+    predicted = _predicted_class(run, probabilities)
     if isinstance(explained_class, (int, np.integer)):
         explained_class = run.class_names[int(explained_class)]
     if isinstance(true_class, (int, np.integer)):
