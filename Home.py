@@ -61,8 +61,8 @@ st.markdown(
     f"**input** {meta.get('input_size')} px · trained on {meta.get('device', '?')} in "
     f"{(meta.get('durations') or {}).get('total_seconds', '?')} s"
 )
-if distribute.describe(meta):
-    st.caption(f"**Devices** {distribute.describe(meta)}")
+if devices := distribute.describe(meta):
+    st.caption(f"**Devices** {devices}")
 
 st.subheader("Pages")
 PAGES = [

@@ -32,12 +32,9 @@ def _add_mlflow(parser: argparse.ArgumentParser) -> None:
 # ---- numbers checked when parsed: "argument --seed: must be 0 or more. Received: -5" --------------
 # (defined in core.cli_serve, which every cli_* module can import without importing this one)
 
-_integer = integer
-_number = number
 
-
-SEED = _integer(0, 2**32 - 1)
-FRACTION = _number(0.0, 1.0)
+SEED = integer(0, 2**32 - 1)
+FRACTION = number(0.0, 1.0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -322,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the synthetic shapes dataset, train the demo model, save the run")
     _add_workspace(p)
-    p.add_argument("--epochs", type=_integer(1, 500), default=8)
+    p.add_argument("--epochs", type=integer(1, 500), default=8)
     p.add_argument(
         "--shortcut",
         action="store_true",
@@ -352,15 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["imagenet", "none"],
         help="imagenet: frozen pre-trained backbone, then fine-tuning; none: from scratch",
     )
-    p.add_argument("--img-size", type=_integer(16, 1024), default=224, help="input size in pixels (square)")
-    p.add_argument("--epochs", type=_integer(1, 10_000), default=10, help="epochs of the first phase")
+    p.add_argument("--img-size", type=integer(16, 1024), default=224, help="input size in pixels (square)")
+    p.add_argument("--epochs", type=integer(1, 10_000), default=10, help="epochs of the first phase")
     p.add_argument(
         "--batch-size",
-        type=_integer(1, 65_536),
+        type=integer(1, 65_536),
         default=32,
         help="images per batch on each replica (device); the global batch is this x replicas (recorded in run.json)",
     )
-    p.add_argument("--lr", type=_number(0.0, 1.0, low_open=True), default=1e-3, help="learning rate of the first phase")
+    p.add_argument("--lr", type=number(0.0, 1.0, low_open=True), default=1e-3, help="learning rate of the first phase")
     p.add_argument("--augment", action="store_true", help="random flips, crops and zoom while training")
     p.add_argument(
         "--class-weights",
@@ -371,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fine-tune-epochs",
-        type=_integer(0, 10_000),
+        type=integer(0, 10_000),
         default=0,
         help="epochs of a second phase: top of the backbone unfrozen, learning rate / 10",
     )

@@ -299,7 +299,7 @@ def run(args) -> int:
     from core.cli_serve import checked_out_folder
 
     workspace = runs.check_workspace(args.workspace)
-    checked_out_folder(args.out)  # a folder (created), in a folder that exists
+    out = checked_out_folder(args.out)  # a folder (created later), in a folder that exists
 
     if args.image and (args.strategy != "auto" or args.logical_cpus):
         raise ValueError("--strategy and --logical-cpus shard a batch of images: use them with --images, not --image")
@@ -307,9 +307,6 @@ def run(args) -> int:
     methods = parse_methods(args.methods)
     params = parse_params(args.param, methods, {"layer_name": args.layer_name, "patch_size": args.patch_size})
     sources = image_files([args.image] if args.image else args.images)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out must be a folder. Received: {out}, an existing file")
 
     run_ = runs.find_run(workspace, args.run)
     class_names = checked_class_names(run_)

@@ -20,7 +20,6 @@ learning rate rule is ``none`` (the learning rate is used as given, for the glob
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -190,13 +189,6 @@ def make_strategy(requested: str) -> Placement:
         return Placement(_MIRRORED[tuple(chosen)], requested, list(chosen), notes=notes)
     strategy = tf.distribute.get_strategy()  # the default strategy: TensorFlow places ops itself
     return Placement(strategy, requested, [gpus[0] if gpus else cpus[0]])
-
-
-def environment_summary() -> str:
-    """One line: visible devices and TF_CONFIG presence (for error messages and logs)."""
-    devices = visible_devices()
-    cluster = "set" if os.environ.get("TF_CONFIG") else "not set"
-    return f"GPUs: {len(devices['GPU'])}, CPU devices: {len(devices['CPU'])}, TF_CONFIG {cluster}"
 
 
 def describe(meta: dict) -> str | None:

@@ -82,18 +82,6 @@ def cache_paths(run: runs.Run) -> tuple[Path, Path, Path]:
     return folder / FEATURES_FILE, folder / FRAME_FILE, folder / INFO_FILE
 
 
-def model_stamp(run: runs.Run) -> list[int] | None:
-    """[modification time in ns, size in bytes] of the run's model file (an imported SavedModel: its
-    saved_model.pb), or None when the run has no model."""
-    for candidate in (run.model_path, run.path / "savedmodel" / "saved_model.pb"):
-        try:
-            stat = candidate.stat()
-        except OSError:
-            continue
-        return [stat.st_mtime_ns, stat.st_size]
-    return None
-
-
 def cache_stamp(run: runs.Run) -> list[int] | None:
     """[modification time in ns, size] of the cache's info.json (None: nothing cached): changes whenever the
     cache is written, so a loader keyed by it reads a new cache at once."""
@@ -118,7 +106,7 @@ def cache_key(
     """What a cached result must have been computed from to be used."""
     return {
         "version": FORMAT_VERSION,
-        "model": model_stamp(run),
+        "model": list(run.model_stamp or ()) or None,
         "splits": _splits_stamp(run),
         "train_sample": int(train_sample),
         "seed": int(seed),
@@ -253,7 +241,7 @@ def compute_embeddings(
     """
     started = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
-    if model_stamp(run) is None:
+    if run.model_stamp is None:
         raise EmbeddingError(
             f"Run {run.id} has no model ({runs.MODEL_FILE} is missing; status: {run.status}). Train or import a "
             "model first."

@@ -210,20 +210,22 @@ def decided_predictions(run: runs.Run, predictions: pd.DataFrame) -> pd.DataFram
     return decided
 
 
-def decided_metrics(run: runs.Run, predictions: pd.DataFrame, saved: dict) -> dict:
+def decided_metrics(run: runs.Run, decided: pd.DataFrame, saved: dict) -> dict:
     """``metrics.json`` (``saved``) with the decision-dependent metrics (accuracy, per-class precision, recall
-    and F1, the confusion matrix) recomputed under the run's saved threshold, plus ``decision_threshold``
-    ({"class", "threshold"}) and ``argmax_accuracy`` (what the most probable class gives). Without a saved
-    threshold, ``saved`` as it is. ROC AUC, calibration and the bootstrap intervals do not depend on it."""
+    and F1, the confusion matrix) recomputed from ``decided`` (`decided_predictions`) under the run's saved
+    threshold, plus ``decision_threshold`` ({"class", "threshold"}) and ``argmax_accuracy`` (what the most
+    probable class gives). Without a saved threshold, ``saved`` as it is. ROC AUC, calibration and the
+    bootstrap intervals do not depend on it."""
     from core import evaluation
 
     threshold = load_threshold(run)
-    if threshold is None or predictions.empty:
+    if threshold is None or decided.empty:
         return saved
-    decided = evaluation.compute_metrics(decided_predictions(run, predictions))
-    merged = {**saved, **{k: v for k, v in decided.items() if k not in ("roc_auc_macro",)}}
+    recomputed = evaluation.compute_metrics(decided)
+    merged = {**saved, **{k: v for k, v in recomputed.items() if k != "roc_auc_macro"}}
     merged["per_class"] = {
-        name: {**(saved.get("per_class") or {}).get(name, {}), **entry} for name, entry in decided["per_class"].items()
+        name: {**(saved.get("per_class") or {}).get(name, {}), **entry}
+        for name, entry in recomputed["per_class"].items()
     }
     merged["decision_threshold"] = {"class": threshold["class"], "threshold": threshold["threshold"]}
     merged["argmax_accuracy"] = saved.get("accuracy")

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from core import __version__
+from core import __version__, runs
 
 FEEDBACK_DIR = "feedback"
 DB_FILE = "feedback.db"
@@ -188,7 +187,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         conn.execute("PRAGMA user_version").fetchone()
     except sqlite3.OperationalError:
-        if _writable(path.parent):
+        if runs.write_error(path.parent) is None:
             raise
         # A WAL database in a folder nobody may write: its -shm file cannot be created. Nothing can
         # change the file there either, so it is read as immutable.
@@ -196,16 +195,6 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=folder)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(name)
-    return True
 
 
 def _unwritable(workspace, exc: sqlite3.OperationalError) -> FeedbackError:

@@ -20,6 +20,7 @@ import numpy as np
 from keras import layers
 
 from core.models import PREPROCESSING_MODES, ModelError, PixelPreprocessing
+from core.runs import SAVEDMODEL_DIR
 
 UNSAFE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}  # __lambda__: a lambda activation
 # A SavedModel op whose type contains one of these reaches outside the computation (files, datasets,
@@ -72,7 +73,6 @@ MAX_COMPRESSION_RATIO = 100  # Keras stores .keras members uncompressed (1:1); w
 RATIO_FLOOR_BYTES = 2**20  # smaller members may compress as well as they like
 MAX_WEIGHT_BYTES = 2**30  # every weight array of the model: declared in the HDF5 file or implied by the config
 WEIGHTS_MEMBER = "model.weights.h5"
-SAVEDMODEL_DIR = "savedmodel"
 PREPROCESSING_FILE = "preprocessing.json"
 
 

@@ -38,7 +38,6 @@ from PIL import Image
 from core import data as data_lib
 
 ROUTE_PILLOW, ROUTE_JPEG, ROUTE_TF = 0, 1, 2  # the decoder of a file: Pillow, tf.io.decode_jpeg, tf.io.decode_image
-ROUTE_NAMES = {ROUTE_PILLOW: "pillow", ROUTE_JPEG: "tensorflow", ROUTE_TF: "tensorflow"}
 CACHE_VERSION = "1"  # bump when decoding changes: old caches are then never read
 SHUFFLE_BUFFER_BYTES = 256 * 2**20  # decoded images a cached pipeline's shuffle buffer may hold
 AUTOTUNE = tf.data.AUTOTUNE

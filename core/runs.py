@@ -42,6 +42,7 @@ from core.run_schema import (  # noqa: F401 - the statuses and the schema are re
 
 RUN_FILE = "run.json"
 MODEL_FILE = "model.keras"
+SAVEDMODEL_DIR = "savedmodel"  # an imported SavedModel, copied into the run
 HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"
 METRICS_FILE = "metrics.json"
@@ -63,6 +64,18 @@ def workspace_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def write_error(folder: str | os.PathLike) -> OSError | None:
+    """None when a file can be created in ``folder`` (one is created and removed), else the error: a real
+    probe, since file modes do not stop root and a read-only mount ignores them."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
 def check_workspace(path: str | os.PathLike | None = None, write: bool = False) -> Path:
     """The workspace (`workspace_dir`), checked before any work: not a file, and writable when ``write``
     (a temporary file is created and removed in it, or in its nearest existing parent when it does not
@@ -78,22 +91,14 @@ def check_workspace(path: str | os.PathLike | None = None, write: bool = False) 
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        where = "" if existing == workspace else f" ({existing} is a file)"
-        raise RunError(f"{named} is a file, not a folder" if not where else f"{named} is not a folder{where}")
-    if write:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".write-check-", dir=existing)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            if existing != workspace:
-                raise RunError(
-                    f"the workspace {workspace} cannot be created: {existing} is read-only ({reason})"
-                ) from None
-            raise RunError(
-                f"the workspace {workspace} is read-only ({reason}): choose a writable one with --workspace"
-            ) from None
+        if existing == workspace:
+            raise RunError(f"{named} is a file, not a folder")
+        raise RunError(f"{named} is not a folder ({existing} is a file)")
+    if write and (exc := write_error(existing)) is not None:
+        reason = exc.strerror or type(exc).__name__
+        if existing != workspace:
+            raise RunError(f"the workspace {workspace} cannot be created: {existing} is read-only ({reason})")
+        raise RunError(f"the workspace {workspace} is read-only ({reason}): choose a writable one with --workspace")
     return workspace
 
 
@@ -179,6 +184,18 @@ class Run:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def model_stamp(self) -> tuple[int, int] | None:
+        """(modification time in ns, size in bytes) of the run's model file (an imported SavedModel: its
+        saved_model.pb), or None when the run has no model: changes whenever the model changes."""
+        for candidate in (self.model_path, self.path / SAVEDMODEL_DIR / "saved_model.pb"):
+            try:
+                stat = candidate.stat()
+            except OSError:
+                continue
+            return (stat.st_mtime_ns, stat.st_size)
+        return None
 
     @property
     def label(self) -> str:

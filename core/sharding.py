@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli_serve import integer
 from core.distribute import STRATEGIES, DistributeError, Placement
 
 PART_FILE = "part-{rank}.npz"
@@ -78,17 +79,6 @@ class Gathered:
 # Command line: the same --strategy and CPU split as ``train``
 
 
-def cpu_device_count(text: str) -> int:
-    """argparse type of ``--logical-cpus``: a whole number from 1 to 64."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number. Received: {text!r}") from None
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 64. Received: {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--strategy`` and ``--logical-cpus``."""
     parser.add_argument(
@@ -102,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     )
     parser.add_argument(
         "--logical-cpus",
-        type=cpu_device_count,
+        type=integer(1, 64),
         default=None,
         help="split the CPU into N logical devices first (to try --strategy mirrored without GPUs)",
     )

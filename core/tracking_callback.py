@@ -29,7 +29,6 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         super().__init__()
         self.client, self.mlflow_run_id, self.on_error = client, mlflow_run_id, on_error
         self.failed = False
-        self.logged_epochs: list[int] = []
 
     def on_epoch_end(self, epoch, logs=None):
         if self.failed:
@@ -59,4 +58,3 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             if self.on_error is not None:
                 self.on_error(exc)
             return
-        self.logged_epochs.append(epoch + 1)

@@ -272,13 +272,12 @@ def _fit(
     config: TrainingConfig,
     weights: dict[int, float] | None,
     progress: ProgressFn | None,
-    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-    placement: distribute.Placement | None = None,
-    policy: str = "float32",
+    extra_callbacks: Sequence[keras.callbacks.Callback],
+    placement: distribute.Placement,
+    policy: str,
 ) -> tuple[RunRecorder | None, Inputs | None]:
     """Sets up the input pipeline and fits every phase; returns the recorder (None: cancelled while
     loading) and the inputs."""
-    placement = placement or distribute.make_strategy("auto")
     size = (config.image_size, config.image_size)
     if progress:
         count = int(index.records["split"].isin(["train", "val"]).sum())

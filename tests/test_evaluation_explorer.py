@@ -361,7 +361,7 @@ def test_the_predictions_table_and_metrics_follow_a_saved_threshold(run_with_pre
     assert decided["correct"].tolist() == (expected == y_true).tolist()
     np.testing.assert_allclose(decided["confidence"], probs[np.arange(len(expected)), expected])
     np.testing.assert_array_equal(decided.filter(like="prob_").to_numpy(), test.filter(like="prob_").to_numpy())
-    metrics = explorer.decided_metrics(run, test, saved)
+    metrics = explorer.decided_metrics(run, decided, saved)
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, expected))
     assert metrics["argmax_accuracy"] == pytest.approx(accuracy_score(y_true, probs.argmax(axis=1)))
     assert metrics["per_class"]["dog"]["recall"] == pytest.approx(recall_score(y_true, expected, average=None)[1])

@@ -217,6 +217,29 @@ def test_feedback_on_a_read_only_workspace_reads_and_refuses_writes(tmp_path):
     assert len(feedback.list_flags(workspace)) == 1  # nothing lost
 
 
+def test_delete_flag_on_a_read_only_workspace_says_so_and_loses_nothing(tmp_path):
+    """What the Feedback page calls: `feedback.delete_flag` itself, not the command line's up-front check."""
+    assert _read_only_mount_works(), "this test needs `unshare -rm` and a read-only bind mount (util-linux)"
+    workspace = tmp_path / "ro"
+    flag_id = feedback.add_flag(workspace, png(), flag_type="shortcut", run_id="r1")
+    code = (
+        "import sys; from core import feedback\n"
+        "try:\n    feedback.delete_flag(sys.argv[1], int(sys.argv[2]))\n"
+        "except feedback.FeedbackError as exc:\n    print(exc)"
+    )
+    command = " ".join(f"'{a}'" for a in [sys.executable, "-c", code, workspace, flag_id])
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro '{workspace}' '{workspace}' && exec {command}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"The feedback database {feedback.db_path(workspace)} cannot be written")
+    assert len(feedback.list_flags(workspace)) == 1
+
+
 # ---- 5. --out paths -----------------------------------------------------------------------------
 
 
@@ -277,13 +300,6 @@ def test_write_report_refuses_a_folder(copied_run, tmp_path):
 def test_ranges_are_checked_when_parsed(capsys, args, message):
     code, out, err = run_main(capsys, *args)
     assert code == 2 and out == "" and message in err and "Traceback" not in err
-
-
-def test_the_number_parsers_are_shared():
-    from core import cli_serve
-    from core.__main__ import _integer, _number
-
-    assert _integer is cli_serve.integer and _number is cli_serve.number
 
 
 # ---- 7. the default store's real URI in messages ----------------------------------------------------

@@ -187,6 +187,13 @@ def test_explain_overlay_and_raw_map(server):
         ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"class": "-1"}, 400, "unknown class"),
         ("/explain", {"file": ("x.png", png(40, 30), "image/png")}, {"params": "[" * 3000 + "]" * 3000}, 400, "json"),
         (
+            "/explain",
+            {"file": ("x.png", png(40, 30), "image/png")},
+            {"params": '{"a": "' + "x" * 10_001 + '"}'},
+            400,
+            "at most 10,000 characters",
+        ),
+        (
             "/feedback",
             {"file": ("x.png", png(40, 30), "image/png")},
             {"flag_type": "shortcut", "params": '{"a": NaN}'},

@@ -341,6 +341,9 @@ def test_training_batches(tmp_path):
     images, labels = (t.numpy() for t in next(iter(shuffled)))
     assert sorted(labels.tolist()) == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(images[:, 0, 0, 0], labels * 50.0)  # images stay with their labels
+    orders = [tuple(int(y) for y in batch.numpy()) for _, batch in shuffled.repeat(3)]
+    assert any(order != (0, 1, 2, 3, 4) for order in orders)  # shuffled, not in list order
+    assert len(set(orders)) > 1  # and again in another order each pass
 
     augmented = pipeline.training_dataset(paths, [0, 1, 2, 3, 4], (6, 8), batch_size=5, augment=True, seed=0)
     images, labels = (t.numpy() for t in next(iter(augmented)))

@@ -131,14 +131,9 @@ def require_run() -> runs.Run:
     return run
 
 
-def model_stamp(run: runs.Run) -> int:
-    """Changes whenever the run's model changes (model.keras, or an imported SavedModel's folder)."""
-    for candidate in (run.model_path, run.path / "savedmodel" / "saved_model.pb"):
-        try:
-            return candidate.stat().st_mtime_ns
-        except OSError:
-            continue
-    return 0
+def model_stamp(run: runs.Run) -> tuple:
+    """Changes whenever the run's model changes (a cache key: `core.runs.Run.model_stamp`, () without a model)."""
+    return run.model_stamp or ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,13 +155,10 @@ def _predictions(run_path: str, stamp: tuple, threshold_stamp: tuple):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _metrics(run_path: str, stamp: tuple, predictions_stamp: tuple, threshold_stamp: tuple):
-    from core.explorer import decided_metrics, load_threshold
+    from core.explorer import decided_metrics
 
     run = runs.read_run(run_path)
-    saved = runs.load_metrics(run)
-    if load_threshold(run) is None:
-        return saved
-    return decided_metrics(run, runs.load_predictions(run), saved)
+    return decided_metrics(run, _predictions(run_path, predictions_stamp, threshold_stamp), runs.load_metrics(run))
 
 
 def _file_stamp(run: runs.Run, name: str) -> tuple:

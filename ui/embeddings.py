@@ -46,7 +46,7 @@ def _cached(run_path: str, model_stamp: tuple, cache_stamp: tuple, train_sample:
 
 
 def _stamps(run: runs.Run) -> tuple[tuple, tuple]:
-    return tuple(embeddings.model_stamp(run) or ()), tuple(embeddings.cache_stamp(run) or ())
+    return run.model_stamp or (), tuple(embeddings.cache_stamp(run) or ())
 
 
 def _compute(run: runs.Run, train_sample: int, force: bool) -> embeddings.Embeddings | None:
