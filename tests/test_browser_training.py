@@ -8,6 +8,7 @@ import time
 
 from browser import DONE, browser_page, dashboard, open_page
 from conftest import ARTIFACTS
+from playwright.sync_api import expect
 
 from core import jobs
 
@@ -22,7 +23,10 @@ def test_double_click_starts_one_job_and_its_outcome_appears(app_workspace, tmp_
         folder.fill(str(workspace / "datasets" / "shapes"))
         folder.press("Enter")
         page.wait_for_selector(DONE)
-        page.get_by_role("spinbutton", name="Epochs", exact=True).fill("1")
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+        # The rerun after Enter can leave the old form's inputs on the page for a moment: wait for one.
+        expect(epochs).to_have_count(1, timeout=60_000)
+        epochs.fill("1")
         page.get_by_role("spinbutton", name="Image size (px)").fill("16")
         page.get_by_role("button", name="Start training").dblclick()
         page.get_by_text("finished: test accuracy").first.wait_for(timeout=240_000)
